@@ -1,0 +1,33 @@
+# The two commands a user types: `make demo` and `make test`. Both build .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.synthmix-installed
+# The CPU wheel that lies on the developers' and CI's disk; pinning keeps pip from pulling CUDA packages.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test lint bench inspect clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/bench_mixer.py
+
+inspect: $(STAMP)
+	$(PY) -m data_mixers inspect --config configs/tiny.yaml
+
+clean:
+	rm -rf $(VENV) .cache runs
