@@ -33,6 +33,8 @@ class SourceConfig:
     """Local file or folder (.jsonl, .parquet, .csv, .txt, folder of .txt, or a `save_to_disk` folder)."""
     hub: str | None = None
     """A Hugging Face hub dataset name, loaded with `datasets.load_dataset` (needs network)."""
+    builtin: Literal["python_docs", "python_docstrings"] | None = None
+    """A human-written corpus that ships with Python (offline): its documentation topics or docstrings."""
     split: str = "train"
     """Split to read from a hub dataset or a DatasetDict folder."""
     format: Literal["auto", "jsonl", "parquet", "csv", "text", "arrow"] = "auto"
@@ -117,6 +119,8 @@ class DataConfig:
     """Truncate longer examples to this many tokens (null keeps them whole; the packer splits them)."""
     add_eos: bool = True
     """Append the tokenizer's end-of-sequence token to every plain-text example."""
+    assistant_only_loss: bool = False
+    """For chat sources, train on the assistant's tokens only (completion-only loss)."""
 
 
 @dataclasses.dataclass
@@ -131,6 +135,79 @@ class TokenizerConfig:
     """Where trained tokenizers are cached (keyed by a hash of their training text and settings)."""
     trust_remote_code: bool = False
     """Allow code from the hub to run when loading `name` (off unless you trust the repository)."""
+
+
+@dataclasses.dataclass
+class MixerSettings:
+    """The parts of a run config that data_mixers reads on its own (`python -m data_mixers inspect`)."""
+
+    seed: int = 0
+    """Seed of every random choice of the stream."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """What the model sees."""
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    """How tokens are counted."""
+
+
+MIXER_SECTIONS = ("seed", "data", "tokenizer")
+
+
+def load_mixer_settings(path: str | Path, overrides: list[str] | None = None) -> MixerSettings:
+    """The seed, data and tokenizer sections of a run config, with dotted overrides, validated."""
+    extra = parse_overrides(overrides or [])
+    for key in extra:
+        if key not in MIXER_SECTIONS:
+            raise ConfigError(
+                f"override --{key}: the mixer reads only {', '.join(MIXER_SECTIONS)}"
+                f"{_did_you_mean(key, MIXER_SECTIONS)}"
+            )
+    raw = merge(load_yaml(path), extra)
+    settings = build(MixerSettings, {k: v for k, v in raw.items() if k in MIXER_SECTIONS})
+    validate_data(settings.data)
+    return settings
+
+
+def validate_data(data: DataConfig) -> None:
+    """Checks that span several fields: sources, ratios the schedule can produce, fractions in range."""
+    if not data.sources:
+        raise ConfigError("data.sources: at least one source is needed")
+    for i, source in enumerate(data.sources):
+        origins = [k for k in ("path", "hub", "builtin") if getattr(source, k) is not None]
+        if len(origins) != 1:
+            raise ConfigError(
+                f"data.sources[{i}] ({source.name or 'unnamed'}): set exactly one of path, hub, "
+                f"builtin (got {', '.join(origins) or 'none'})"
+            )
+        if source.weight is not None and source.weight <= 0:
+            raise ConfigError(f"data.sources[{i}].weight: must be > 0, got {source.weight}")
+    if not 0.0 <= data.held_out.fraction < 1.0:
+        raise ConfigError(f"data.held_out.fraction: must be in [0, 1), got {data.held_out.fraction}")
+    if data.filters.max_repeated_ngram_rate is not None and not 0 <= data.filters.max_repeated_ngram_rate <= 1:
+        raise ConfigError("data.filters.max_repeated_ngram_rate: must be in [0, 1]")
+    validate_schedule(data)
+
+
+def validate_schedule(data: DataConfig) -> None:
+    """Every ratio the schedule can produce lies in [0, 1]; `steps` entries are [epoch >= 1, ratio]."""
+    schedule = data.schedule
+    candidates = [("data.synthetic_ratio", data.synthetic_ratio)]
+    if schedule.start is not None:
+        candidates.append(("data.schedule.start", schedule.start))
+    if schedule.end is not None:
+        candidates.append(("data.schedule.end", schedule.end))
+    previous_epoch = 0.0
+    for i, step in enumerate(schedule.steps):
+        if len(step) != 2 or step[0] < 1 or step[0] != int(step[0]):
+            raise ConfigError(f"data.schedule.steps[{i}]: expected [first_epoch >= 1, ratio], got {step}")
+        if step[0] <= previous_epoch:
+            raise ConfigError(f"data.schedule.steps[{i}]: epochs must increase, got {step[0]} after {previous_epoch}")
+        previous_epoch = step[0]
+        candidates.append((f"data.schedule.steps[{i}]", step[1]))
+    if schedule.type == "steps" and not schedule.steps:
+        raise ConfigError("data.schedule.steps: the 'steps' schedule needs at least one [first_epoch, ratio]")
+    for key, value in candidates:
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}: must be in [0, 1], got {value}")
 
 
 # ---------------------------------------------------------------- generic machinery

@@ -1,0 +1,310 @@
+"""The mixer: an exact, deterministic, resumable real/synthetic stream, sharded across ranks.
+
+An epoch is one pass over the real data (or, at ratio 1, over the synthetic data). Its plan is a pure
+function of (corpora, config, seed, epoch, ratio scale): the synthetic budget is the real budget times
+r / (1 - r), counted in tokens or examples, and the last synthetic example drawn is cut so the token count
+is exact. Resuming only re-plans the current epoch, so it costs the same at position 10 as at 10 million.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from data_mixers.config import DataConfig
+from data_mixers.corpus import Corpus
+from data_mixers.errors import MixerError
+from data_mixers.schedules import ratio_for_epoch
+
+KINDS = ("real", "synthetic")
+_DRAW, _ORDER = 1, 2  # seed-sequence purposes, so each random choice has its own stream
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One example (or a piece of one) with its provenance, as the trainer receives it."""
+
+    source: str
+    kind: str
+    index: int
+    """Index of the example in its source."""
+    ids: np.ndarray
+    loss_mask: np.ndarray | None
+    start: int = 0
+    """Offset of `ids` within the example: pieces cut by packing start past 0."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+    """The ordered examples of one epoch: corpus number, example row and tokens taken, per entry."""
+
+    epoch: int
+    target_ratio: float
+    corpus: np.ndarray
+    row: np.ndarray
+    n_tokens: np.ndarray
+    synthetic: np.ndarray
+    """True where the entry comes from a synthetic corpus."""
+
+    def shard(self, rank: int, world_size: int) -> EpochPlan:
+        """The entries of `rank`: every world_size-th one, so ranks are disjoint and cover the plan."""
+        pick = slice(rank, None, world_size)
+        return dataclasses.replace(
+            self,
+            corpus=self.corpus[pick],
+            row=self.row[pick],
+            n_tokens=self.n_tokens[pick],
+            synthetic=self.synthetic[pick],
+        )
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+
+class Mixer:
+    """Streams examples from `corpora` with the configured synthetic ratio; state survives checkpoints."""
+
+    def __init__(
+        self, corpora: list[Corpus], data: DataConfig, seed: int, epochs: int = 1, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise MixerError(f"rank {rank} is outside world size {world_size}")
+        self.corpora = corpora
+        self.data = data
+        self.seed = seed
+        self.epochs = epochs
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 1
+        self.position = 0
+        self.token_offset = 0
+        self.ratio_scale = 1.0
+        self._cache: dict[tuple[int, float], EpochPlan] = {}
+        _check_kinds_present(corpora, data, epochs)
+
+    # ------------------------------------------------------------ planning
+    def target_ratio(self, epoch: int) -> float:
+        """The synthetic ratio epoch `epoch` is planned with: the schedule's value times the ratio scale."""
+        return float(np.clip(ratio_for_epoch(self.data, epoch, self.epochs) * self.ratio_scale, 0.0, 1.0))
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """The global plan of `epoch` (all ranks), computed once and cached."""
+        key = (epoch, self.ratio_scale)
+        if key not in self._cache:
+            self._cache = {key: self._make_plan(epoch)}
+        return self._cache[key]
+
+    def shard_plan(self, epoch: int) -> EpochPlan:
+        """This rank's part of the plan of `epoch`."""
+        return self.plan(epoch).shard(self.rank, self.world_size)
+
+    def shard_tokens(self, epoch: int) -> list[int]:
+        """Tokens each rank receives in `epoch` (the trainer sizes its steps by the largest)."""
+        plan = self.plan(epoch)
+        return [int(plan.n_tokens[r :: self.world_size].sum()) for r in range(self.world_size)]
+
+    def _make_plan(self, epoch: int) -> EpochPlan:
+        ratio = self.target_ratio(epoch)
+        real = [i for i, c in enumerate(self.corpora) if c.kind == "real"]
+        synthetic = [i for i, c in enumerate(self.corpora) if c.kind == "synthetic"]
+        _check_ratio_feasible(ratio, real, synthetic, epoch)
+        if ratio >= 1.0:
+            real_budget, synthetic_budget = 0, sum(self._size(i) for i in synthetic)
+        else:
+            real_budget = sum(self._size(i) for i in real)
+            synthetic_budget = int(round(real_budget * ratio / (1.0 - ratio)))
+        parts = []
+        for ids, budget in ((real, real_budget), (synthetic, synthetic_budget)):
+            for i, share in zip(ids, self._split(ids, budget)):
+                parts.append(self._draw(i, share, epoch))
+        corpus = np.concatenate([np.full(len(rows), i, np.int32) for i, rows, _ in parts])
+        row = np.concatenate([rows for _, rows, _ in parts]).astype(np.int64)
+        n_tokens = np.concatenate([tokens for _, _, tokens in parts]).astype(np.int64)
+        is_synthetic = np.array([self.corpora[i].kind == "synthetic" for i in range(len(self.corpora))])[corpus]
+        order = self._order(n_tokens, is_synthetic, epoch)
+        return EpochPlan(epoch, ratio, corpus[order], row[order], n_tokens[order], is_synthetic[order])
+
+    def _size(self, i: int) -> int:
+        corpus = self.corpora[i]
+        return corpus.n_tokens if self.data.unit == "tokens" else len(corpus)
+
+    def _split(self, ids: list[int], budget: int) -> list[int]:
+        """Integer budgets per source that add up to `budget` exactly (largest remainder)."""
+        if not ids:
+            return []
+        specs = {s.name: s for s in self.data.sources}
+        weights = [specs[self.corpora[i].name].weight if self.corpora[i].name in specs else None for i in ids]
+        if all(w is None for w in weights):
+            weights = [self._size(i) for i in ids]
+        elif any(w is None for w in weights):
+            kind = self.corpora[ids[0]].kind
+            raise MixerError(f"data.sources: give every {kind} source a weight, or none of them")
+        shares = np.asarray(weights, dtype=np.float64) / float(sum(weights)) * budget
+        whole = np.floor(shares).astype(np.int64)
+        leftover = budget - int(whole.sum())
+        whole[np.argsort(-(shares - whole), kind="stable")[:leftover]] += 1
+        return whole.tolist()
+
+    def _draw(self, i: int, budget: int, epoch: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """Rows of corpus `i` drawn without replacement (passes repeat only if allowed) to meet `budget`."""
+        corpus = self.corpora[i]
+        lengths = corpus.lengths
+        if budget <= 0:
+            return i, np.zeros(0, np.int64), np.zeros(0, np.int64)
+        size = self._size(i)
+        if budget > size and corpus.kind == "synthetic" and not self.data.allow_repeat:
+            raise MixerError(
+                f"epoch {epoch}: synthetic_ratio {self.target_ratio(epoch):g} needs {budget:,} synthetic "
+                f"{self.data.unit} from source '{corpus.name}', which has {size:,}; add synthetic data, lower "
+                "the ratio, or set data.allow_repeat: true"
+            )
+        rng = np.random.default_rng([self.seed, epoch, _DRAW, i])
+        passes = -(-budget // size)
+        rows = np.concatenate([rng.permutation(len(corpus)) for _ in range(passes)])
+        units = lengths[rows] if self.data.unit == "tokens" else np.ones(len(rows), np.int64)
+        cumulative = np.cumsum(units)
+        last = int(np.searchsorted(cumulative, budget, side="left"))
+        rows = rows[: last + 1]
+        taken = lengths[rows].copy()
+        if self.data.unit == "tokens":
+            taken[-1] -= int(cumulative[last]) - budget  # cut the last example so the total is exact
+        return i, rows, taken
+
+    def _order(self, n_tokens: np.ndarray, is_synthetic: np.ndarray, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, _ORDER])
+        order = rng.permutation(len(n_tokens))
+        if not self.data.stratify:
+            return order
+        # Smooth interleave: place each entry at the midpoint of its share of its kind's budget, so every
+        # window of the stream holds the target ratio up to one example.
+        units = n_tokens if self.data.unit == "tokens" else np.ones(len(n_tokens), np.int64)
+        keys = np.zeros(len(order), dtype=np.float64)
+        for flag in (False, True):
+            members = order[is_synthetic[order] == flag]
+            weights = units[members].astype(np.float64)
+            total = weights.sum()
+            if total > 0:
+                keys[members] = (np.cumsum(weights) - weights / 2) / total
+        return order[np.lexsort((is_synthetic[order], keys[order]))]
+
+    # ------------------------------------------------------------ streaming
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` (1-based) from its first example."""
+        self.epoch, self.position, self.token_offset = epoch, 0, 0
+
+    @property
+    def epoch_done(self) -> bool:
+        """Whether this rank has consumed its whole share of the current epoch."""
+        return self.position >= len(self.shard_plan(self.epoch))
+
+    def __iter__(self) -> Iterator[Example]:
+        """The rest of the current epoch, example by example."""
+        plan = self.shard_plan(self.epoch)
+        while self.position < len(plan):
+            yield from self.take_tokens(int(plan.n_tokens[self.position]) - self.token_offset)
+
+    def take_tokens(self, n: int) -> list[Example]:
+        """Up to `n` tokens from the current epoch, as example pieces in stream order (fewer at its end)."""
+        plan = self.shard_plan(self.epoch)
+        pieces = []
+        while n > 0 and self.position < len(plan):
+            remaining = int(plan.n_tokens[self.position]) - self.token_offset
+            take = min(n, remaining)
+            pieces.append(self._piece(plan, self.position, self.token_offset, take))
+            n -= take
+            self.token_offset += take
+            if self.token_offset == int(plan.n_tokens[self.position]):
+                self.position, self.token_offset = self.position + 1, 0
+        return pieces
+
+    def _piece(self, plan: EpochPlan, position: int, start: int, length: int) -> Example:
+        corpus = self.corpora[int(plan.corpus[position])]
+        row = int(plan.row[position])
+        begin = int(corpus.offsets[row]) + start
+        mask = None if corpus.loss_mask is None else corpus.loss_mask[begin : begin + length]
+        return Example(
+            corpus.name, corpus.kind, int(corpus.source_index[row]), corpus.ids[begin : begin + length], mask, start
+        )
+
+    # ------------------------------------------------------------ state
+    def reduce_ratio(self, factor: float) -> None:
+        """Scale the synthetic ratio of the epochs that start from now on by `factor` (a collapse action)."""
+        self.ratio_scale *= factor
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands: small, JSON-serialisable, enough to resume at the exact next token."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "token_offset": self.token_offset,
+            "ratio_scale": self.ratio_scale,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "fingerprint": self.fingerprint(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where `state` left off (same data and world size required)."""
+        if state.get("fingerprint") != self.fingerprint():
+            raise MixerError("mixer state was saved for different data (sources, sizes or seed changed)")
+        if state.get("world_size") != self.world_size:
+            raise MixerError(
+                f"mixer state was saved with {state.get('world_size')} processes; this run has {self.world_size}"
+            )
+        self.ratio_scale = float(state["ratio_scale"])
+        self.epoch, self.position, self.token_offset = state["epoch"], state["position"], state["token_offset"]
+
+    def fingerprint(self) -> str:
+        """A hash of what the stream depends on besides position: data, seed and the ratio settings."""
+        description = {
+            "seed": self.seed,
+            "corpora": [(c.name, c.kind, len(c), c.n_tokens) for c in self.corpora],
+            "unit": self.data.unit,
+            "stratify": self.data.stratify,
+        }
+        return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------ reporting
+    def summary(self, epoch: int) -> dict[str, Any]:
+        """Planned counts of `epoch` by kind and source, and the realized ratio in tokens and examples."""
+        plan = self.plan(epoch)
+        tokens = {k: int(plan.n_tokens[plan.synthetic == (k == "synthetic")].sum()) for k in KINDS}
+        examples = {k: int((plan.synthetic == (k == "synthetic")).sum()) for k in KINDS}
+        by_source = {}
+        for i, corpus in enumerate(self.corpora):
+            chosen = plan.corpus == i
+            by_source[corpus.name] = {"examples": int(chosen.sum()), "tokens": int(plan.n_tokens[chosen].sum())}
+        return {
+            "epoch": epoch,
+            "target_synthetic_ratio": plan.target_ratio,
+            "tokens": tokens,
+            "examples": examples,
+            "sources": by_source,
+            "realized_token_ratio": _share(tokens["synthetic"], tokens["real"]),
+            "realized_example_ratio": _share(examples["synthetic"], examples["real"]),
+        }
+
+
+def _share(synthetic: int, real: int) -> float:
+    return synthetic / (synthetic + real) if synthetic + real else 0.0
+
+
+def _check_kinds_present(corpora: list[Corpus], data: DataConfig, epochs: int) -> None:
+    kinds = {c.kind for c in corpora}
+    ratios = [ratio_for_epoch(data, e, epochs) for e in range(1, epochs + 1)]
+    if max(ratios, default=0) > 0 and "synthetic" not in kinds:
+        raise MixerError(f"data.synthetic_ratio is {max(ratios):g} but no source has kind: synthetic")
+    if min(ratios, default=1) < 1 and "real" not in kinds:
+        raise MixerError(f"data.synthetic_ratio is {min(ratios):g} but no source has kind: real")
+
+
+def _check_ratio_feasible(ratio: float, real: list[int], synthetic: list[int], epoch: int) -> None:
+    if ratio > 0 and not synthetic:
+        raise MixerError(f"epoch {epoch}: synthetic ratio {ratio:g} but no source has kind: synthetic")
+    if ratio < 1 and not real:
+        raise MixerError(f"epoch {epoch}: synthetic ratio {ratio:g} needs real data, but no source has kind: real")
