@@ -1,0 +1,5 @@
+"""The one exception type of the trainer, for problems the user can fix (printed as one line by the CLI)."""
+
+
+class TrainerError(Exception):
+    """A run that cannot start or continue, phrased for the user (file, key, step)."""
