@@ -1,0 +1,76 @@
+"""The model: a pretrained causal LM by hub name or path, or one built from a config, with LoRA adapters."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from trainer.config import LoraConfig, ModelConfig
+from trainer.errors import TrainerError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(config: ModelConfig, on_gpu: bool) -> torch.dtype:
+    """The weights' dtype: as configured, or bfloat16 on a GPU that supports it and float32 otherwise."""
+    if config.dtype != "auto":
+        return DTYPES[config.dtype]
+    return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> PreTrainedModel:
+    """The base model in `dtype`; a built one is initialised from the current torch seed."""
+    if config.name is not None:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                config.name,
+                dtype=dtype,
+                attn_implementation=config.attn_implementation,
+                trust_remote_code=config.trust_remote_code,
+            )
+        except (OSError, ValueError) as err:
+            raise TrainerError(f"model.name {config.name!r}: cannot load ({str(err).splitlines()[0]})") from None
+    else:
+        arch = dict(config.arch)
+        model_type = arch.pop("model_type")
+        arch.setdefault("vocab_size", len(tokenizer))
+        arch.setdefault("pad_token_id", tokenizer.pad_token_id)
+        arch.setdefault("eos_token_id", tokenizer.eos_token_id)
+        arch.setdefault("bos_token_id", tokenizer.bos_token_id)
+        try:
+            model_config = AutoConfig.for_model(model_type, **arch)
+        except (ValueError, TypeError) as err:
+            raise TrainerError(f"model.arch: {err}") from None
+        model_config._attn_implementation = config.attn_implementation
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise TrainerError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
+            f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer"
+        )
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel | PeftModel:
+    """Wrap `model` with LoRA adapters (base weights frozen); with r = 0 every weight stays trainable."""
+    if config.r == 0:
+        return model
+    peft_config = PeftLoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules,
+    )
+    try:
+        peft_model = get_peft_model(model, peft_config)
+    except ValueError as err:
+        raise TrainerError(f"lora.target_modules {config.target_modules}: {str(err).splitlines()[0]}") from None
+    if getattr(model, "is_gradient_checkpointing", False):
+        peft_model.enable_input_require_grads()
+    return peft_model

@@ -1,0 +1,92 @@
+"""Packing: example pieces concatenated into fixed-length rows that do not attend to each other.
+
+Each row is filled to `seq_len` tokens from the mixer's stream (an example that does not fit continues in
+the next row). Isolation: position ids restart at 0 for every piece, and a 4D block-diagonal causal mask
+(additive: 0 where allowed, the dtype's minimum elsewhere) replaces the 2D padding mask. Restarting position
+ids alone does not isolate pieces with sdpa or eager attention (measured: logits differ by 0.4-0.6); with
+the 4D mask, a packed piece's logits equal those of the piece run alone to 1e-7. The first token of every
+piece gets no loss: nothing before it in the row is its context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from data_mixers.mixer import Example
+
+IGNORE = -100
+KIND_CODES = {"real": 0, "synthetic": 1}
+PAD_KIND = -1
+
+
+@dataclasses.dataclass
+class PackedBatch:
+    """Packed rows and what the loss needs: labels, per-token kind, segment of each token."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    """Pieces are numbered 1, 2, ... within a row; padding is segment 0."""
+    kinds: torch.Tensor
+    """0 real, 1 synthetic, -1 padding."""
+
+    def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """Additive [B, 1, L, L] mask: a token sees earlier tokens of its own piece only."""
+        seg = self.segment_ids
+        length = seg.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=seg.device).tril()
+        allowed = (seg[:, :, None] == seg[:, None, :]) & causal
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+    def to(self, device: torch.device) -> PackedBatch:
+        """The same batch on `device`."""
+        return PackedBatch(*(t.to(device, non_blocking=True) for t in dataclasses.astuple(self)))
+
+    @property
+    def loss_tokens(self) -> int:
+        """Tokens that carry a loss (labels are predicted from the previous position)."""
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+
+def pack_rows(rows: list[list[Example]], seq_len: int, pad_id: int) -> PackedBatch:
+    """One batch from rows of example pieces (each row at most `seq_len` tokens; the rest is padding)."""
+    shape = (len(rows), seq_len)
+    input_ids = np.full(shape, pad_id, dtype=np.int64)
+    labels = np.full(shape, IGNORE, dtype=np.int64)
+    position_ids = np.zeros(shape, dtype=np.int64)
+    segment_ids = np.zeros(shape, dtype=np.int64)
+    kinds = np.full(shape, PAD_KIND, dtype=np.int64)
+    for r, pieces in enumerate(rows):
+        cursor = 0
+        for segment, piece in enumerate(pieces, start=1):
+            n = len(piece.ids)
+            span = slice(cursor, cursor + n)
+            input_ids[r, span] = piece.ids
+            piece_labels = piece.ids.astype(np.int64)
+            if piece.loss_mask is not None:
+                piece_labels = np.where(piece.loss_mask, piece_labels, IGNORE)
+            labels[r, span] = piece_labels
+            labels[r, cursor] = IGNORE
+            position_ids[r, span] = np.arange(n)
+            segment_ids[r, span] = segment
+            kinds[r, span] = KIND_CODES[piece.kind]
+            cursor += n
+        if cursor > seq_len:
+            raise ValueError(f"row {r} holds {cursor} tokens, more than seq_len {seq_len}")
+        position_ids[r, cursor:] = np.arange(seq_len - cursor)
+    tensors = (input_ids, labels, position_ids, segment_ids, kinds)
+    return PackedBatch(*(torch.from_numpy(t) for t in tensors))
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-position negative log-likelihood [B, L-1] in float32 (0 where the label is ignored)."""
+    shifted = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=IGNORE, reduction="none"
+    )
+    return nll

@@ -1,0 +1,58 @@
+"""The run's record: OUTPUT_DIR/metrics.jsonl (one JSON object per line, with an `event` field) and
+TensorBoard events. Written by the main process only."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.jsonl"
+
+
+class RunLog:
+    """Appends events to metrics.jsonl (flushed per line, so a crash loses nothing logged) and TensorBoard."""
+
+    def __init__(self, output_dir: Path, enabled: bool, purge_step: int | None = None) -> None:
+        self.path = output_dir / METRICS
+        self.enabled = enabled
+        self._writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge_step)
+
+    def event(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one event; numeric fields with a `step` also go to TensorBoard as `event/field`."""
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        if not self.enabled:
+            return record
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=_plain) + "\n")
+        step = fields.get("step")
+        if self._writer is not None and isinstance(step, int):
+            for key, value in fields.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                    if math.isfinite(value):
+                        self._writer.add_scalar(f"{event}/{key}", value, step)
+        return record
+
+    def close(self) -> None:
+        """Flush and close TensorBoard."""
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every event of a metrics.jsonl."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
