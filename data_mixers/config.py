@@ -83,9 +83,9 @@ class FilterConfig:
 class HeldOutConfig:
     """The held-out real text used by the collapse hook and by the contamination check."""
 
-    fraction: float = 0.0
-    """Share of real examples (chosen by a hash of their text, so stable) kept out of training."""
-    max_examples: int | None = None
+    fraction: float = 0.05
+    """Share of real examples kept out of training (at least one; chosen by a hash of their text, so stable)."""
+    max_examples: int | None = 256
     """Cap on the number of held-out examples taken by `fraction`."""
     sources: list[SourceConfig] = dataclasses.field(default_factory=list)
     """Explicit held-out corpora, used in addition to `fraction`."""

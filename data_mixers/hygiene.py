@@ -24,13 +24,15 @@ def unit_hash(key: str) -> float:
 
 
 def select_held_out(keys: Sequence[str], fraction: float, cap: int | None) -> np.ndarray:
-    """Indices of the examples held out: those whose hash falls under `fraction`, at most `cap` of them."""
+    """Indices of the held-out examples: the round(fraction * n) (at least 1, at most `cap`) whose hash is
+    smallest, so membership depends on the texts, never on their order."""
     if fraction <= 0 or not keys:
         return np.zeros(0, dtype=np.int64)
+    count = max(1, round(fraction * len(keys)))
+    if cap is not None:
+        count = min(count, cap)
     hashes = np.array([unit_hash(k) for k in keys])
-    chosen = np.flatnonzero(hashes < fraction)
-    chosen = chosen[np.argsort(hashes[chosen], kind="stable")]
-    return np.sort(chosen[:cap] if cap is not None else chosen)
+    return np.sort(np.argsort(hashes, kind="stable")[:count])
 
 
 def first_occurrences(keys: Sequence[str], seen: set[str]) -> np.ndarray:

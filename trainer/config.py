@@ -20,6 +20,7 @@ from data_mixers.config import (
     validate_data,
 )
 from data_mixers.errors import ConfigError
+from trainer.collapse import CollapseConfig, validate_collapse
 
 
 @dataclasses.dataclass
@@ -114,6 +115,7 @@ class RunConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    collapse: CollapseConfig = dataclasses.field(default_factory=CollapseConfig)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -127,6 +129,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def validate(config: RunConfig) -> None:
     """Checks across fields, once, at load time; errors name the key."""
     validate_data(config.data)
+    validate_collapse(config.collapse)
     train = config.train
     positive = {
         "train.epochs": train.epochs,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
@@ -36,6 +36,7 @@ from trainer.checkpoint import (
     write_checkpoint,
     write_json,
 )
+from trainer.collapse import CollapseMonitor
 from trainer.config import RunConfig
 from trainer.errors import TrainerError
 from trainer.model import add_lora, build_model, resolve_dtype
@@ -81,6 +82,8 @@ class Run:
     progress: Progress
     steps_per_epoch: list[int]
     compute_dtype: torch.dtype
+    monitor: CollapseMonitor | None = None
+    stop_reason: str | None = None
 
     @property
     def total_steps(self) -> int:
@@ -114,8 +117,12 @@ def setup(config: RunConfig, resume: str | None) -> Run:
     on_gpu = accelerator.device.type == "cuda"
     model = add_lora(build_model(config.model, corpora.tokenizer, resolve_dtype(config.model, on_gpu)), config.lora)
     mixer = Mixer(
-        corpora.train, config.data, config.seed, config.train.epochs,
-        accelerator.process_index, accelerator.num_processes,
+        corpora.train,
+        config.data,
+        config.seed,
+        config.train.epochs,
+        accelerator.process_index,
+        accelerator.num_processes,
     )
     steps_per_epoch = [_steps_in_epoch(mixer, e, config) for e in range(1, config.train.epochs + 1)]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -124,19 +131,41 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     run = Run(
-        config, accelerator, output_dir, model, optimizer, None, mixer, corpora.tokenizer,  # type: ignore[arg-type]
-        corpora.held_out, None, Progress(), steps_per_epoch, _compute_dtype(accelerator, model),  # type: ignore[arg-type]
+        config,
+        accelerator,
+        output_dir,
+        model,
+        optimizer,
+        None,
+        mixer,
+        corpora.tokenizer,  # type: ignore[arg-type]
+        corpora.held_out,
+        None,
+        Progress(),
+        steps_per_epoch,
+        _compute_dtype(accelerator, model),  # type: ignore[arg-type]
     )
+    # The schedule is fixed by the plan at start, so a resumed run (even after reduce_ratio) decays the same way.
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, run.total_steps))
+    if config.collapse.enabled and accelerator.is_main_process:
+        run.monitor = CollapseMonitor(config.collapse, corpora.tokenizer, corpora.held_out)
     checkpoint = find_checkpoint(output_dir / "checkpoints", resume) if resume else None
     if checkpoint is not None:
         _load_checkpoint(run, checkpoint)
+        _replan_steps(run)
     run.log = RunLog(output_dir, accelerator.is_main_process, purge_step=run.progress.step if checkpoint else None)
     if checkpoint is None:
         _log_start(run, corpora.reports)
+        if config.collapse.enabled:
+            evaluate(run)
     else:
-        run.log.event("resume", step=run.progress.step, epoch=run.progress.epoch, checkpoint=str(checkpoint),
-                      changed=_config_changes(checkpoint, config))
+        run.log.event(
+            "resume",
+            step=run.progress.step,
+            epoch=run.progress.epoch,
+            checkpoint=str(checkpoint),
+            changed=_config_changes(checkpoint, config),
+        )
     return run
 
 
@@ -155,8 +184,10 @@ def _compute_dtype(accelerator: Accelerator, model: torch.nn.Module) -> torch.dt
 def _prepare_output_dir(output_dir: Path, resume: str | None) -> None:
     checkpoints = output_dir / "checkpoints"
     if resume is None and (output_dir / METRICS).exists():
-        raise TrainerError(f"output_dir {output_dir} already holds a run; pass --resume latest to continue it, "
-                           "or choose another output_dir")
+        raise TrainerError(
+            f"output_dir {output_dir} already holds a run; pass --resume latest to continue it, "
+            "or choose another output_dir"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     if checkpoints.is_dir():
         remove_stale_temporaries(checkpoints)
@@ -190,18 +221,30 @@ def _log_start(run: Run, reports: list) -> None:
         run.tokenizer.save_pretrained(str(run.output_dir / "tokenizer"))
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in run.model.parameters())
-    run.log.event("config", config=resolved, sources=[vars(r) for r in reports],
-                  world_size=run.accelerator.num_processes, device=str(run.accelerator.device),
-                  trainable_parameters=trainable, parameters=total, steps_per_epoch=run.steps_per_epoch)
+    run.log.event(
+        "config",
+        config=resolved,
+        sources=[vars(r) for r in reports],
+        world_size=run.accelerator.num_processes,
+        device=str(run.accelerator.device),
+        trainable_parameters=trainable,
+        parameters=total,
+        steps_per_epoch=run.steps_per_epoch,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the loop
 def fit(run: Run) -> None:
     """Train from `run.progress` to the end, checkpointing as configured."""
     config, progress, accelerator = run.config, run.progress, run.accelerator
-    bar = tqdm(total=run.total_steps, initial=progress.step, desc="train", dynamic_ncols=True,
-               disable=not (accelerator.is_main_process and config.train.progress))
-    while progress.epoch <= config.train.epochs and progress.step < run.total_steps:
+    bar = tqdm(
+        total=run.total_steps,
+        initial=progress.step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not (accelerator.is_main_process and config.train.progress),
+    )
+    while progress.epoch <= config.train.epochs and progress.step < run.total_steps and run.stop_reason is None:
         if progress.step_in_epoch == 0:
             run.mixer.set_epoch(progress.epoch)
         while progress.step_in_epoch < run.steps_per_epoch[progress.epoch - 1] and progress.step < run.total_steps:
@@ -236,8 +279,11 @@ def train_step(run: Run) -> dict[str, Any]:
         batch = batch.to(accelerator.device)
         last = i == len(micro_batches) - 1
         with accelerator.no_sync(model) if not last else contextlib.nullcontext(), accelerator.autocast():
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask(run.compute_dtype),
-                           position_ids=batch.position_ids).logits
+            logits = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask(run.compute_dtype),
+                position_ids=batch.position_ids,
+            ).logits
             nll = token_losses(logits, batch.labels)
             # DDP averages gradients over processes, so scale by their number to get the global token mean.
             loss = nll.sum() / global_count * accelerator.num_processes
@@ -245,8 +291,10 @@ def train_step(run: Run) -> dict[str, Any]:
         sums += _sums_by_kind(nll.detach(), batch)
     sums = accelerator.reduce(sums, reduction="sum")
     if not torch.isfinite(sums).all():
-        raise TrainerError(f"the loss is not finite at step {run.progress.step + 1}; stopping with the last "
-                           f"good checkpoint in {run.output_dir / 'checkpoints'} (lower train.learning_rate?)")
+        raise TrainerError(
+            f"the loss is not finite at step {run.progress.step + 1}; stopping with the last "
+            f"good checkpoint in {run.output_dir / 'checkpoints'} (lower train.learning_rate?)"
+        )
     grad_norm = None
     if train.max_grad_norm is not None:
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm))
@@ -293,20 +341,87 @@ def _step_stats(sums: torch.Tensor, lr: float, grad_norm: float | None, seconds:
 
 
 def end_epoch(run: Run) -> None:
-    """Log the epoch's realized ratio, checkpoint, and move to the next epoch."""
+    """Log the epoch's realized ratio, run the collapse hook and its actions, checkpoint, next epoch."""
     progress = run.progress
     tokens = progress.epoch_tokens
     total = tokens["real"] + tokens["synthetic"]
+    realized = tokens["synthetic"] / total if total else None
     run.log.event(
-        "epoch", step=progress.step, epoch=progress.epoch,
-        realized_synthetic_ratio=tokens["synthetic"] / total if total else None,
+        "epoch",
+        step=progress.step,
+        epoch=progress.epoch,
+        realized_synthetic_ratio=realized,
         target_synthetic_ratio=run.mixer.target_ratio(progress.epoch),
-        tokens_real=tokens["real"], tokens_synthetic=tokens["synthetic"],
+        tokens_real=tokens["real"],
+        tokens_synthetic=tokens["synthetic"],
     )
+    alerts = evaluate(run, realized) if run.config.collapse.enabled else []
     progress.epoch += 1
     progress.step_in_epoch = 0
     progress.epoch_tokens = dict.fromkeys(KINDS, 0)
+    apply_actions(run, alerts)
     save_checkpoint(run)
+
+
+def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, Any]]:
+    """Measure the collapse indicators on the main process (step 0: the baseline and the reference);
+    every process gets the alerts, so actions apply everywhere."""
+    alerts: list[dict[str, Any]] = []
+    progress, monitor = run.progress, run.monitor
+    if monitor is not None:
+        started = time.perf_counter()
+        values = monitor.measure(run.accelerator.unwrap_model(run.model))
+        epoch = progress.epoch if progress.step else 0
+        if monitor.baseline is None:
+            monitor.baseline = values
+            run.log.event("reference", step=0, **monitor.reference)
+        else:
+            alerts = monitor.alerts(values, progress.step, epoch)
+        run.log.event(
+            "eval",
+            step=progress.step,
+            epoch=epoch,
+            **values,
+            realized_synthetic_ratio=realized_ratio,
+            target_synthetic_ratio=run.mixer.target_ratio(max(epoch, 1)),
+            sampling=dataclasses.asdict(run.config.collapse.sampling),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        for alert in alerts:
+            run.log.event("alert", **alert)
+            print(f"collapse alert: {alert['message']}", flush=True)
+        if run.config.collapse.report:
+            _write_report(run)
+    return broadcast_object_list([alerts])[0]
+
+
+def apply_actions(run: Run, alerts: list[dict[str, Any]]) -> None:
+    """`stop` ends the run after this epoch's checkpoint; `reduce_ratio` lowers the ratio of later epochs."""
+    actions = {alert["action"] for alert in alerts}
+    if "reduce_ratio" in actions:
+        run.mixer.reduce_ratio(run.config.collapse.reduce_factor)
+        _replan_steps(run)
+        run.log.event(
+            "ratio_reduced",
+            step=run.progress.step,
+            epoch=run.progress.epoch,
+            scale=run.mixer.ratio_scale,
+            next_target=run.mixer.target_ratio(run.progress.epoch),
+        )
+    if "stop" in actions:
+        run.stop_reason = "; ".join(a["message"] for a in alerts if a["action"] == "stop")
+
+
+def _replan_steps(run: Run) -> None:
+    """Steps of the epochs still to come, after the ratio scale changed (or was restored)."""
+    for epoch in range(run.progress.epoch, run.config.train.epochs + 1):
+        run.steps_per_epoch[epoch - 1] = _steps_in_epoch(run.mixer, epoch, run.config)
+
+
+def _write_report(run: Run) -> None:
+    from trainer.report import write_report
+
+    write_report([run.output_dir])
 
 
 def finish(run: Run) -> None:
@@ -321,7 +436,17 @@ def finish(run: Run) -> None:
             merged = model.merge_and_unload()
             _save_pretrained_atomically(merged, run.output_dir / "merged")
             run.tokenizer.save_pretrained(str(run.output_dir / "merged"))
-        run.log.event("end", step=run.progress.step, epoch=run.progress.epoch - 1, output=str(run.output_dir / folder))
+        status = "stopped" if run.stop_reason else "finished"
+        run.log.event(
+            "end",
+            step=run.progress.step,
+            epoch=run.progress.epoch - 1,
+            status=status,
+            reason=run.stop_reason,
+            output=str(run.output_dir / folder),
+        )
+        if run.config.collapse.enabled and run.config.collapse.report:
+            _write_report(run)
     accelerator.wait_for_everyone()
 
 
@@ -351,11 +476,14 @@ def save_checkpoint(run: Run) -> None:
             torch.save(rng_states, folder / "rng.pt")
             write_json(folder / "mixer.json", mixer_states)
             write_json(folder / "run.json", {**run.progress.state_dict(), "config": to_dict(run.config)})
+            if run.monitor is not None:
+                write_json(folder / "collapse.json", run.monitor.state_dict())
             if run.log.path.exists():
                 shutil.copyfile(run.log.path, folder / METRICS)
 
-        path = write_checkpoint(run.output_dir / "checkpoints", run.progress.step, write_files,
-                                run.config.checkpoint.keep_last)
+        path = write_checkpoint(
+            run.output_dir / "checkpoints", run.progress.step, write_files, run.config.checkpoint.keep_last
+        )
         run.log.event("checkpoint", step=run.progress.step, epoch=run.progress.epoch, path=str(path))
     accelerator.wait_for_everyone()
 
@@ -374,11 +502,15 @@ def _load_checkpoint(run: Run, folder: Path) -> None:
     rng_states = load_torch(folder / "rng.pt")
     mixer_states = _read_json(folder / "mixer.json")
     if len(mixer_states) != accelerator.num_processes:
-        raise TrainerError(f"checkpoint {folder} was written by {len(mixer_states)} processes; "
-                           f"this launch has {accelerator.num_processes}")
+        raise TrainerError(
+            f"checkpoint {folder} was written by {len(mixer_states)} processes; "
+            f"this launch has {accelerator.num_processes}"
+        )
     restore_rng(rng_states[accelerator.process_index])
     run.mixer.load_state_dict(mixer_states[accelerator.process_index])
     run.progress.load_state_dict(_read_json(folder / "run.json"))
+    if run.monitor is not None and (folder / "collapse.json").exists():
+        run.monitor.load_state_dict(_read_json(folder / "collapse.json"))
     if accelerator.is_main_process and (folder / METRICS).exists():
         shutil.copyfile(folder / METRICS, run.output_dir / METRICS)  # drop events logged after the checkpoint
     accelerator.wait_for_everyone()
@@ -387,8 +519,11 @@ def _load_checkpoint(run: Run, folder: Path) -> None:
 def _config_changes(folder: Path, config: RunConfig) -> list[str]:
     saved = _flatten(_read_json(folder / "run.json").get("config", {}))
     now = _flatten(to_dict(config))
-    return [f"{key}: checkpoint {saved.get(key)!r}, now {now.get(key)!r} (the new value wins)"
-            for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+    return [
+        f"{key}: checkpoint {saved.get(key)!r}, now {now.get(key)!r} (the new value wins)"
+        for key in sorted(set(saved) | set(now))
+        if saved.get(key) != now.get(key)
+    ]
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
