@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from data_mixers.config import load_mixer_settings, load_yaml
-from data_mixers.corpus import Corpora, build_corpora
+from data_mixers.corpus import build_corpora
 from data_mixers.errors import MixerError
 from data_mixers.mixer import Mixer
 
