@@ -101,6 +101,15 @@ def build_corpora(
     return Corpora(train, held_texts, reports, skipped, tokenizer)
 
 
+def real_training_texts(data: DataConfig, base_dir: Path | None = None) -> list[str]:
+    """The real texts that training sees (the held-out split removed), e.g. to prompt synthetic generation."""
+    loaded = [load_source(spec, base_dir) for spec in _training_order(data.sources) if spec.kind == "real"]
+    keeps = [np.ones(len(src.items), dtype=bool) for src in loaded]
+    reports = [SourceReport(src.spec.name, src.spec.kind) for src in loaded]
+    _split_held_out(loaded, keeps, reports, data)
+    return _plain_text(loaded, keeps, kind="real")
+
+
 def _training_order(sources: list[SourceConfig]) -> list[SourceConfig]:
     # Real sources first, so that a text present in both a real and a synthetic source counts as real.
     names = [s.name for s in sources]

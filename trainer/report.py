@@ -124,6 +124,9 @@ def load_run(run_dir: Path) -> Run:
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: run folder not found")
     run = Run(path=run_dir)
+    if not (run_dir / "metrics.jsonl").exists() and (run_dir / "generations.jsonl").is_file():
+        run.generations = _read_jsonl(run_dir / "generations.jsonl")  # a self-consuming experiment's folder
+        return run
     events = _read_jsonl(run_dir / "metrics.jsonl")
     if not events:
         raise ReportError(f"{run_dir / 'metrics.jsonl'}: no events")
