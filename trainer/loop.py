@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -54,6 +55,7 @@ class Progress:
     epoch: int = 1
     step_in_epoch: int = 0
     epoch_tokens: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    epoch_examples: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data for run.json."""
@@ -106,7 +108,7 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------- set-up
 def setup(config: RunConfig, resume: str | None) -> Run:
     """Build data, model, optimizer and schedule; restore a checkpoint when resuming."""
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config))
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config), cpu=_multi_cpu())
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         _prepare_output_dir(output_dir, resume)
@@ -167,6 +169,13 @@ def setup(config: RunConfig, resume: str | None) -> Run:
             changed=_config_changes(checkpoint, config),
         )
     return run
+
+
+def _multi_cpu() -> bool:
+    """Whether torchrun (or `accelerate launch --multi_gpu`) started several processes on a machine without a
+    GPU: accelerate joins them into one gloo group only when told it runs on CPU; otherwise every process
+    would train alone on all the data and write the same run folder."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _mixed_precision(config: RunConfig) -> str:
@@ -253,6 +262,7 @@ def fit(run: Run) -> None:
             progress.step_in_epoch += 1
             for kind in KINDS:
                 progress.epoch_tokens[kind] += stats[f"tokens_{kind}"]
+                progress.epoch_examples[kind] += stats[f"examples_{kind}"]
             if progress.step % config.train.log_every_steps == 0:
                 run.log.event("train", step=progress.step, epoch=progress.epoch, **stats)
             bar.update(1)
@@ -274,7 +284,7 @@ def train_step(run: Run) -> dict[str, Any]:
     micro_batches = [_next_batch(run) for _ in range(train.gradient_accumulation_steps)]
     local_count = torch.tensor(float(sum(b.loss_tokens for b in micro_batches)), device=accelerator.device)
     global_count = accelerator.reduce(local_count, reduction="sum").clamp(min=1.0)
-    sums = torch.zeros(2 * len(KINDS) + len(KINDS), device=accelerator.device, dtype=torch.float64)
+    sums = torch.zeros(4 * len(KINDS), device=accelerator.device, dtype=torch.float64)
     for i, batch in enumerate(micro_batches):
         batch = batch.to(accelerator.device)
         last = i == len(micro_batches) - 1
@@ -312,7 +322,7 @@ def _next_batch(run: Run) -> PackedBatch:
 
 
 def _sums_by_kind(nll: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-    """[nll_real, nll_synthetic, loss_tokens_real, loss_tokens_synthetic, tokens_real, tokens_synthetic]."""
+    """[nll, loss tokens, tokens, examples started], each for real then synthetic."""
     kinds = batch.kinds[:, 1:]
     has_loss = batch.labels[:, 1:] != IGNORE
     values = []
@@ -322,11 +332,12 @@ def _sums_by_kind(nll: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         values.append((has_loss & (kinds == code)).sum().double())
     for code in KIND_CODES.values():
         values.append((batch.kinds == code).sum().double())
+    values.extend(batch.examples_started.double())
     return torch.stack(values)
 
 
 def _step_stats(sums: torch.Tensor, lr: float, grad_norm: float | None, seconds: float) -> dict[str, Any]:
-    nll_real, nll_syn, n_real, n_syn, tok_real, tok_syn = sums.tolist()
+    nll_real, nll_syn, n_real, n_syn, tok_real, tok_syn, ex_real, ex_syn = sums.tolist()
     loss_tokens = n_real + n_syn
     return {
         "loss": (nll_real + nll_syn) / loss_tokens if loss_tokens else float("nan"),
@@ -336,6 +347,8 @@ def _step_stats(sums: torch.Tensor, lr: float, grad_norm: float | None, seconds:
         "grad_norm": grad_norm,
         "tokens_real": int(tok_real),
         "tokens_synthetic": int(tok_syn),
+        "examples_real": int(ex_real),
+        "examples_synthetic": int(ex_syn),
         "tokens_per_s": (tok_real + tok_syn) / seconds,
     }
 
@@ -343,22 +356,27 @@ def _step_stats(sums: torch.Tensor, lr: float, grad_norm: float | None, seconds:
 def end_epoch(run: Run) -> None:
     """Log the epoch's realized ratio, run the collapse hook and its actions, checkpoint, next epoch."""
     progress = run.progress
-    tokens = progress.epoch_tokens
-    total = tokens["real"] + tokens["synthetic"]
-    realized = tokens["synthetic"] / total if total else None
+    tokens, examples = progress.epoch_tokens, progress.epoch_examples
+    counted = tokens if run.config.data.unit == "tokens" else examples
+    total = counted["real"] + counted["synthetic"]
+    realized = counted["synthetic"] / total if total else None  # in data.unit, like the target
     run.log.event(
         "epoch",
         step=progress.step,
         epoch=progress.epoch,
         realized_synthetic_ratio=realized,
         target_synthetic_ratio=run.mixer.target_ratio(progress.epoch),
+        unit=run.config.data.unit,
         tokens_real=tokens["real"],
         tokens_synthetic=tokens["synthetic"],
+        examples_real=examples["real"],
+        examples_synthetic=examples["synthetic"],
     )
     alerts = evaluate(run, realized) if run.config.collapse.enabled else []
     progress.epoch += 1
     progress.step_in_epoch = 0
     progress.epoch_tokens = dict.fromkeys(KINDS, 0)
+    progress.epoch_examples = dict.fromkeys(KINDS, 0)
     apply_actions(run, alerts)
     save_checkpoint(run)
 

@@ -33,6 +33,8 @@ class PackedBatch:
     """Pieces are numbered 1, 2, ... within a row; padding is segment 0."""
     kinds: torch.Tensor
     """0 real, 1 synthetic, -1 padding."""
+    examples_started: torch.Tensor
+    """Examples whose first token is in this batch, by kind [real, synthetic] (the ratio in `unit: examples`)."""
 
     def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """Additive [B, 1, L, L] mask: a token sees earlier tokens of its own piece only."""
@@ -61,7 +63,12 @@ def pack_rows(rows: list[list[Example]], seq_len: int, pad_id: int) -> PackedBat
     position_ids = np.zeros(shape, dtype=np.int64)
     segment_ids = np.zeros(shape, dtype=np.int64)
     kinds = np.full(shape, PAD_KIND, dtype=np.int64)
-    for r, pieces in enumerate(rows):
+    started = np.zeros(len(KIND_CODES), dtype=np.int64)
+    for r, row in enumerate(rows):
+        pieces = [piece for piece in row if len(piece.ids)]  # an empty piece has no first token to mask
+        filled = sum(len(piece.ids) for piece in pieces)
+        if filled > seq_len:  # checked first: numpy would fail with a shape error while filling the row
+            raise ValueError(f"row {r} holds {filled} tokens, more than seq_len {seq_len}")
         cursor = 0
         for segment, piece in enumerate(pieces, start=1):
             n = len(piece.ids)
@@ -75,11 +82,10 @@ def pack_rows(rows: list[list[Example]], seq_len: int, pad_id: int) -> PackedBat
             position_ids[r, span] = np.arange(n)
             segment_ids[r, span] = segment
             kinds[r, span] = KIND_CODES[piece.kind]
+            started[KIND_CODES[piece.kind]] += piece.start == 0
             cursor += n
-        if cursor > seq_len:
-            raise ValueError(f"row {r} holds {cursor} tokens, more than seq_len {seq_len}")
         position_ids[r, cursor:] = np.arange(seq_len - cursor)
-    tensors = (input_ids, labels, position_ids, segment_ids, kinds)
+    tensors = (input_ids, labels, position_ids, segment_ids, kinds, started)
     return PackedBatch(*(torch.from_numpy(t) for t in tensors))
 
 

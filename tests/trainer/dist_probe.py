@@ -1,0 +1,59 @@
+"""A training run that leaves evidence from every process, for tests/trainer/test_distributed.py.
+
+    torchrun --standalone --nproc_per_node 2 tests/trainer/dist_probe.py --config C --output_dir D [--a.b v ...]
+
+Runs `trainer.loop.setup` and `fit` like `python -m trainer`, recording which example pieces the rank's mixer
+hands to the loop; then every rank (not only the main one) writes its own LoRA weights to D/rank{r}.safetensors
+and its pieces, in stream order, to D/rank{r}.json as [source, index, start, length] rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from peft import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from trainer.config import load_config
+from trainer.loop import fit, setup
+
+
+def main() -> None:
+    """Train as configured, then write this rank's adapter weights and the pieces it trained on."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    args, overrides = parser.parse_known_args()
+    run = setup(load_config(args.config, overrides), resume=None)
+    pieces = _record_pieces(run.mixer)
+    try:
+        fit(run)
+    finally:
+        run.log.close()
+    rank = run.accelerator.process_index
+    weights = get_peft_model_state_dict(run.accelerator.unwrap_model(run.model))
+    save_file(
+        {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.items()},
+        str(run.output_dir / f"rank{rank}.safetensors"),
+    )
+    (run.output_dir / f"rank{rank}.json").write_text(json.dumps(pieces))
+    run.accelerator.wait_for_everyone()
+
+
+def _record_pieces(mixer) -> list[list]:
+    """Wrap this mixer's `take_tokens` (the loop's only way to read the stream) to log what it returns."""
+    pieces: list[list] = []
+    take_tokens = mixer.take_tokens
+
+    def recording(n: int):
+        taken = take_tokens(n)
+        pieces.extend([example.source, int(example.index), int(example.start), len(example.ids)] for example in taken)
+        return taken
+
+    mixer.take_tokens = recording
+    return pieces
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Two processes on CPU (torchrun, gloo): disjoint shards, the global ratio, synchronized adapters, resume.
+
+`accelerate launch --cpu --num_processes 2` starts a single process on a machine without MPI, so these tests
+launch `torchrun --standalone --nproc_per_node 2` (the same launcher `accelerate launch --multi_gpu` uses).
+Also here: every launch config under configs/accelerate/ parses the way `accelerate launch` reads it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from data_mixers.corpus import build_corpora
+from data_mixers.mixer import Mixer
+from trainer.config import load_config
+
+ROOT = Path(__file__).parents[2]
+PROBE = Path(__file__).with_name("dist_probe.py")
+WORLD_SIZE = 2
+LAUNCH_TIMEOUT_S = 300
+
+# The collapse hook is off where adapters are compared across launches (it costs ~10 s a launch); the probe
+# launch turns it on, so the eval hook is exercised with two processes too.
+TINY_CONFIG = f"""
+seed: 0
+tokenizer: {{vocab_size: 512, cache_dir: CACHE}}
+data:
+  synthetic_ratio: 0.3
+  sources:
+    - {{name: docs, kind: real, builtin: python_docs, max_examples: 60}}
+    - {{name: syn, kind: synthetic, path: {ROOT / "data/tiny_synthetic.jsonl"}, max_examples: 80}}
+model:
+  arch: {{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+          num_attention_heads: 2, num_key_value_heads: 2}}
+lora: {{r: 4, alpha: 8, dropout: 0.1}}
+train: {{epochs: 1, per_device_train_batch_size: 4, seq_len: 64, learning_rate: 0.01, warmup_steps: 2,
+         progress: false}}
+checkpoint: {{every_steps: 5, keep_last: 3}}
+collapse: {{enabled: false}}
+"""
+PROBE_OVERRIDES = (
+    "--collapse.enabled true --collapse.num_prompts 8 --collapse.max_eval_texts 8 --collapse.self_bleu_samples 8 "
+    "--collapse.sampling.max_new_tokens 16"
+).split()
+
+
+# ---------------------------------------------------------------------------------------------- launching
+def _torchrun(*args: str | Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD_SIZE}",
+        *map(str, args),
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
+    env.pop("ACCELERATE_USE_CPU", None)  # the trainer itself must join torchrun's processes on a CPU machine
+    return env
+
+
+def _launch(*args: str | Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        _torchrun(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+    )
+    assert done.returncode == 0, f"launch failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return done
+
+
+def _train(config: Path, output_dir: Path, *extra: str) -> Path:
+    _launch("-m", "trainer", "--config", config, "--output_dir", output_dir, *extra)
+    return output_dir
+
+
+def _events(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, filter(None, lines)) if e["event"] == kind]
+
+
+def _adapter(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def _assert_identical(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    different = [k for k in a if a[k].dtype != b[k].dtype or not (a[k] == b[k]).all()]
+    assert not different, f"{what}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("distributed")
+    path = folder / "tiny.yaml"
+    path.write_text(TINY_CONFIG.replace("CACHE", str(folder / "cache")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_config: Path) -> Path:
+    """An uninterrupted two-process run through the CLI."""
+    return _train(tiny_config, tiny_config.parent / "reference")
+
+
+@pytest.fixture(scope="module")
+def probe_run(tiny_config: Path) -> Path:
+    """A two-process run in which every rank writes its adapter weights and the pieces of data it trained on."""
+    output_dir = tiny_config.parent / "probe"
+    _launch(PROBE, "--config", tiny_config, "--output_dir", output_dir, *PROBE_OVERRIDES)
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def mixers(tiny_config: Path, reference_run: Path) -> dict:
+    """The epoch plan built in this process for one rank, and each rank's share of it for two."""
+    config = load_config(tiny_config)
+    corpora = build_corpora(config.data, config.tokenizer).train
+    build = lambda rank, world: Mixer(corpora, config.data, config.seed, config.train.epochs, rank, world)  # noqa: E731
+    return {"corpora": corpora, "single": build(0, 1), "ranks": [build(r, WORLD_SIZE) for r in range(WORLD_SIZE)]}
+
+
+def _entries(corpora, plan) -> list[tuple[str, int, int]]:
+    """(source, index in source, tokens) per entry of a plan, in stream order."""
+    return [
+        (corpora[c].name, int(corpora[c].source_index[r]), int(n))
+        for c, r, n in zip(plan.corpus, plan.row, plan.n_tokens)
+    ]
+
+
+def _kind_tokens(plan) -> dict[str, int]:
+    return {"real": int(plan.n_tokens[~plan.synthetic].sum()), "synthetic": int(plan.n_tokens[plan.synthetic].sum())}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+@pytest.mark.slow
+def test_two_process_run_writes_one_complete_run_folder(reference_run: Path):
+    for path in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "config.yaml", "metrics.jsonl"):
+        assert (reference_run / path).is_file(), path
+    assert list((reference_run / "checkpoints").glob("step-*"))
+    configs = _events(reference_run, "config")
+    assert [c["world_size"] for c in configs] == [WORLD_SIZE], (
+        "torchrun's processes did not form one group: each trained alone on all the data, into the same folder"
+    )
+    assert len(_events(reference_run, "end")) == 1
+
+
+@pytest.mark.slow
+def test_rank_shares_are_disjoint_and_cover_the_single_process_plan(mixers: dict):
+    corpora, single, ranks = mixers["corpora"], mixers["single"].plan(1), [m.shard_plan(1) for m in mixers["ranks"]]
+    shares = [_entries(corpora, plan) for plan in ranks]
+    assert not {e[:2] for e in shares[0]} & {e[:2] for e in shares[1]}
+    assert Counter(shares[0] + shares[1]) == Counter(_entries(corpora, single))
+    totals = {kind: sum(_kind_tokens(plan)[kind] for plan in ranks) for kind in ("real", "synthetic")}
+    assert totals == _kind_tokens(single)
+    assert abs(totals["synthetic"] / sum(totals.values()) - 0.3) < 0.01
+
+
+@pytest.mark.slow
+def test_the_run_trains_on_the_whole_plan_at_the_target_ratio(reference_run: Path, mixers: dict):
+    [epoch] = _events(reference_run, "epoch")  # global counts, summed over both processes
+    planned = _kind_tokens(mixers["single"].plan(1))
+    assert (epoch["tokens_real"], epoch["tokens_synthetic"]) == (planned["real"], planned["synthetic"])
+    assert abs(epoch["realized_synthetic_ratio"] - epoch["target_synthetic_ratio"]) < 0.01
+
+
+@pytest.mark.slow
+def test_each_rank_trains_on_exactly_its_share(probe_run: Path, mixers: dict):
+    corpora = mixers["corpora"]
+    for rank, mixer in enumerate(mixers["ranks"]):
+        pieces = json.loads((probe_run / f"rank{rank}.json").read_text())
+        seen: list[list] = []  # pieces joined back into whole entries, in the order they were trained on
+        for source, index, start, length in pieces:
+            if start > 0 and seen and seen[-1][:2] == [source, index] and seen[-1][2] == start:
+                seen[-1][2] += length
+            else:
+                assert start == 0, f"rank {rank}: {source}[{index}] resumes at {start} out of order"
+                seen.append([source, index, length])
+        assert [tuple(e) for e in seen] == _entries(corpora, mixer.shard_plan(1)), f"rank {rank}"
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+@pytest.mark.slow
+def test_ranks_end_with_identical_adapters(probe_run: Path):
+    ranks = [load_file(str(probe_run / f"rank{r}.safetensors")) for r in range(WORLD_SIZE)]
+    _assert_identical(ranks[0], ranks[1], "rank 0 vs rank 1")  # DDP's gloo all-reduce: bitwise, not approximate
+    _assert_identical(ranks[0], _adapter(probe_run), "rank 0 vs the saved adapter")
+    assert _events(probe_run, "eval"), "the collapse hook did not run"
+
+
+@pytest.mark.slow
+def test_the_collapse_hook_on_the_main_process_leaves_training_unchanged(probe_run: Path, reference_run: Path):
+    # The probe's run evaluates on rank 0 at step 0 and at the epoch end; the reference run does not evaluate.
+    _assert_identical(_adapter(probe_run), _adapter(reference_run), "with vs without the collapse hook")
+
+
+# ---------------------------------------------------------------------------------------------- resume
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers in /proc")
+def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_config: Path, reference_run: Path):
+    output_dir = tiny_config.parent / "killed"
+    checkpoints = output_dir / "checkpoints"
+    with open(tiny_config.parent / "killed.log", "w") as log:
+        torchrun = subprocess.Popen(
+            _torchrun("-m", "trainer", "--config", tiny_config, "--output_dir", output_dir),
+            cwd=ROOT,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+            while not list(checkpoints.glob("step-*")):
+                assert torchrun.poll() is None, "the run ended before its first checkpoint"
+                assert time.monotonic() < deadline, "no checkpoint in time"
+                time.sleep(0.005)
+        finally:
+            _kill(torchrun)
+    assert not (output_dir / "adapter").exists(), "the run finished before it could be killed"
+
+    _train(tiny_config, output_dir, "--resume", "latest")
+
+    [resumed] = _events(output_dir, "resume")
+    [end] = _events(reference_run, "end")
+    assert 0 < resumed["step"] < end["step"]
+    _assert_identical(_adapter(output_dir), _adapter(reference_run), "resumed vs uninterrupted")
+    tokens = lambda run: [(e["tokens_real"], e["tokens_synthetic"]) for e in _events(run, "epoch")]  # noqa: E731
+    assert tokens(output_dir) == tokens(reference_run)
+
+
+def _kill(torchrun: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers: it starts each worker in a session of its own, so killing torchrun's
+    process group alone would leave them training."""
+    workers = _children(torchrun.pid)
+    for pgid in (torchrun.pid, *workers):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    torchrun.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- launch configs
+ACCELERATE_CONFIGS = {
+    "single_gpu.yaml": "NO",
+    "ddp.yaml": "MULTI_GPU",
+    "fsdp.yaml": "FSDP",
+    "deepspeed_zero2.yaml": "DEEPSPEED",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE_CONFIGS))
+def test_accelerate_launch_configs_parse(name: str):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    path = ROOT / "configs" / "accelerate" / name
+    text = path.read_text()
+    assert text.startswith(f"# accelerate launch --config_file configs/accelerate/{name} -m trainer --config ")
+    raw = yaml.safe_load(text)
+    config = load_config_from_file(str(path))  # what `accelerate launch` reads; unknown top-level keys raise
+    assert config.distributed_type.value == ACCELERATE_CONFIGS[name]
+    assert config.num_processes >= 1 and not config.use_cpu
+    # The launcher copies nested keys onto its own arguments (fsdp_config.x as fsdp_x) and ignores
+    # unknown ones silently, so a misspelt key is caught here or never.
+    arguments = vars(launch_command_parser().parse_args(["--config_file", str(path), "train.py"]))
+    for section in ("fsdp_config", "deepspeed_config"):
+        for key in raw.get(section) or {}:
+            flag = key if section != "fsdp_config" or key.startswith("fsdp") else f"fsdp_{key}"
+            assert flag in arguments, f"{name}: {section}.{key} is not an accelerate launch setting"
+    if name == "fsdp.yaml":
+        assert raw["fsdp_config"]["fsdp_version"] == 2 and raw["fsdp_config"]["fsdp_reshard_after_forward"] is True
+    if name == "deepspeed_zero2.yaml":
+        assert raw["deepspeed_config"]["zero_stage"] == 2
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b-lora.yaml", "smollm2-360m-lora.yaml"])
+def test_real_model_configs_load_and_say_how_to_launch(name: str):
+    path = ROOT / "configs" / name
+    header = itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines())
+    assert any(
+        "accelerate launch --config_file configs/accelerate/" in line
+        and line.endswith(f"-m trainer --config configs/{name}")
+        for line in header
+    )
+    config = load_config(path)
+    assert config.model.name and config.tokenizer.name == config.model.name
