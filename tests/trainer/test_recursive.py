@@ -1,0 +1,143 @@
+"""The self-consuming loop: generations, strategies, the summary, resuming across generations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer.config import load_config
+from trainer.generation import SamplingConfig
+from trainer.loop import train
+from trainer.recursive import SUMMARY, Experiment, main, run_experiment
+
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny base model, fully trained for a few steps on the real text, saved with its tokenizer."""
+    root = tmp_path_factory.mktemp("base")
+    config = {
+        "output_dir": str(root / "run"),
+        "tokenizer": {"vocab_size": 384, "cache_dir": str(root / "cache")},
+        "data": {
+            "sources": [{"name": "docs", "kind": "real", "builtin": "python_docs", "max_examples": 80}],
+            "held_out": {"fraction": 0.1},
+        },
+        "model": {
+            "arch": {
+                "model_type": "llama",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+            }
+        },
+        "lora": {"r": 0},
+        "train": {
+            "epochs": 1,
+            "per_device_train_batch_size": 8,
+            "seq_len": 64,
+            "learning_rate": 0.01,
+            "progress": False,
+        },
+        "collapse": {"enabled": False},
+    }
+    path = root / "base.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = train(load_config(path))
+    model_dir = root / "model"
+    shutil.copytree(run_dir / "model", model_dir)
+    for file in (run_dir / "tokenizer").iterdir():
+        shutil.copy(file, model_dir / file.name)
+    return model_dir
+
+
+def experiment_config(tmp_path: Path, base: Path) -> Path:
+    config = {
+        "output_dir": str(tmp_path / "exp"),
+        "tokenizer": {"name": str(base)},
+        "data": {
+            "unit": "examples",
+            "sources": [{"name": "docs", "kind": "real", "builtin": "python_docs", "max_examples": 80}],
+            "held_out": {"fraction": 0.1},
+        },
+        "model": {"name": str(base)},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {
+            "epochs": 1,
+            "per_device_train_batch_size": 8,
+            "seq_len": 64,
+            "learning_rate": 0.01,
+            "progress": False,
+        },
+        "collapse": {"num_prompts": 8, "sampling": {"max_new_tokens": 16}, "report": False},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def make_experiment(config_path: Path, run_dir: Path, strategy: str, generations: int) -> Experiment:
+    sampling = SamplingConfig(max_new_tokens=24, top_p=0.9, batch_size=32)
+    return Experiment(load_config(config_path), run_dir, generations, strategy, 0.25, samples=24, sampling=sampling)
+
+
+def summary(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / SUMMARY).read_text().splitlines()]
+
+
+def test_each_strategy_builds_its_mix_and_sums_up_every_generation(tmp_path: Path, base_model: Path) -> None:
+    config_path = experiment_config(tmp_path, base_model)
+    for strategy in ("replace", "accumulate", "fixed_real"):
+        run_dir = run_experiment(make_experiment(config_path, tmp_path / strategy, strategy, 2))
+        rows = summary(run_dir)
+        assert [r["generation"] for r in rows] == [0, 1, 2]
+        assert {r["strategy"] for r in rows} == {strategy}
+        for key in ("real_ppl", "distinct_2", "tail_mass", "self_bleu"):
+            assert all(isinstance(r[key], float) for r in rows)
+        gen2 = yaml.safe_load((run_dir / "gen-2" / "config.yaml").read_text())
+        names = [s["name"] for s in gen2["data"]["sources"]]
+        epochs = [json.loads(line) for line in (run_dir / "gen-2" / "metrics.jsonl").read_text().splitlines()]
+        epoch = next(e for e in epochs if e["event"] == "epoch")
+        if strategy == "replace":  # only the newest synthetic corpus is trained on
+            assert names == ["docs", "gen-2"] and gen2["data"]["synthetic_ratio"] == 1.0
+            assert epoch["tokens_real"] == 0 and epoch["tokens_synthetic"] > 0
+        elif strategy == "accumulate":  # the real data plus every corpus so far
+            assert names == ["docs", "gen-1", "gen-2"]
+            assert epoch["tokens_real"] > 0
+            assert abs(epoch["realized_synthetic_ratio"] - 2 / 3) < 0.01
+        else:
+            assert names == ["docs", "gen-2"]
+            assert abs(epoch["realized_synthetic_ratio"] - 0.75) < 0.01
+        corpus = [json.loads(line) for line in (run_dir / "gen-2" / "synthetic.jsonl").read_text().splitlines()]
+        assert len(corpus) == 24 and "gen-1" in corpus[0]["generator"]  # sampled from generation 1's adapter
+
+
+def test_a_longer_run_continues_where_the_shorter_one_stopped(tmp_path: Path, base_model: Path) -> None:
+    config_path = experiment_config(tmp_path, base_model)
+    run_dir = tmp_path / "resumed"
+    run_experiment(make_experiment(config_path, run_dir, "replace", 1))
+    first = (run_dir / "gen-1" / "metrics.jsonl").read_bytes()
+    shutil.rmtree(run_dir / "gen-1" / "tensorboard")  # would be rewritten if generation 1 trained again
+    run_experiment(make_experiment(config_path, run_dir, "replace", 2))
+    assert (run_dir / "gen-1" / "metrics.jsonl").read_bytes() == first
+    assert not (run_dir / "gen-1" / "tensorboard").exists()
+    assert [r["generation"] for r in summary(run_dir)] == [0, 1, 2]
+
+
+def test_the_command_line_reports_bad_input_in_one_line(
+    tmp_path: Path, base_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_path = experiment_config(tmp_path, base_model)
+    assert main(["--config", str(config_path), "--strategy", "replace", "--generations", "0"]) == 2
+    assert "--generations: must be at least 1" in capsys.readouterr().err
+    assert main(["--config", str(config_path), "--strategy", "fixed_real", "--real-fraction", "1.5"]) == 2
+    assert "--real-fraction" in capsys.readouterr().err
+    assert main(["--config", str(config_path), "--strategy", "replace", "--data.synthetic_ratoi", "1"]) == 2
+    assert "did you mean" in capsys.readouterr().err

@@ -1,0 +1,220 @@
+"""The self-consuming loop: generations of training on the previous generation's own output.
+
+    python -m trainer.recursive --config configs/recursive.yaml --generations 5 --strategy replace
+    python -m trainer.recursive --config configs/recursive.yaml --generations 5 --strategy accumulate
+    python -m trainer.recursive --config configs/recursive.yaml --generations 5 --strategy fixed_real \
+        --real-fraction 0.2
+
+Generation 0 is the base model (`model.name` of the config). Generation g samples a synthetic corpus from
+generation g-1 (prompts from the real training text), builds its training mix by the strategy, LoRA
+fine-tunes the base model on it with the collapse hook, and becomes the sampler of generation g+1:
+- `replace`: only the newest synthetic corpus (the setting where models collapse, Shumailov et al. 2024);
+- `accumulate`: the real data plus every synthetic corpus so far (stays bounded, Gerstgrasser et al. 2024);
+- `fixed_real`: the newest synthetic corpus plus a fixed fraction of real data per generation.
+Each generation is a run folder RUN_DIR/gen-G; a finished generation is skipped on restart and an unfinished
+one resumes from its latest checkpoint. RUN_DIR/generations.jsonl sums up every generation's final indicators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from data_mixers.config import SourceConfig
+from data_mixers.corpus import real_training_texts
+from data_mixers.errors import MixerError
+from trainer.config import RunConfig, load_config
+from trainer.errors import TrainerError
+from trainer.generation import SamplingConfig, generate_corpus
+from trainer.loop import train
+from trainer.run_log import METRICS, read_events
+
+STRATEGIES = ("replace", "accumulate", "fixed_real")
+SUMMARY = "generations.jsonl"
+
+
+@dataclasses.dataclass
+class Experiment:
+    """One self-consuming experiment: where it writes, how each generation's data is made and mixed."""
+
+    config: RunConfig
+    run_dir: Path
+    generations: int
+    strategy: str
+    real_fraction: float
+    samples: int
+    sampling: SamplingConfig
+    prompt_tokens: int = 16
+
+
+def run_experiment(exp: Experiment) -> Path:
+    """Run (or continue) every generation, then write generations.jsonl and the report; returns RUN_DIR."""
+    if exp.config.model.name is None:
+        raise TrainerError("model.name: the recursive loop starts from a trained base model (a hub name or folder)")
+    exp.run_dir.mkdir(parents=True, exist_ok=True)
+    real_texts = real_training_texts(exp.config.data)
+    for generation in range(1, exp.generations + 1):
+        folder = exp.run_dir / f"gen-{generation}"
+        corpus = folder / "synthetic.jsonl"
+        if not corpus.is_file():
+            print(
+                f"[generation {generation}/{exp.generations}] sampling {exp.samples} texts from generation "
+                f"{generation - 1}",
+                flush=True,
+            )
+            _sample_corpus(exp, generation, real_texts, corpus)
+        if not _finished(folder):
+            print(f"[generation {generation}/{exp.generations}] fine-tuning ({exp.strategy})", flush=True)
+            resume = "latest" if (folder / "checkpoints").is_dir() else None
+            train(_generation_config(exp, generation), resume=resume)
+        _write_summary(exp)
+    return exp.run_dir
+
+
+def _sample_corpus(exp: Experiment, generation: int, real_texts: list[str], out: Path) -> None:
+    """Generation g's corpus, sampled from generation g-1 (the base model, or base + its adapter)."""
+    base = exp.config.model.name
+    tokenizer = AutoTokenizer.from_pretrained(exp.config.tokenizer.name or base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    name = str(base)
+    if generation > 1:
+        adapter = exp.run_dir / f"gen-{generation - 1}" / "adapter"
+        model = PeftModel.from_pretrained(model, str(adapter))
+        name = f"{base} + adapter {adapter}"
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    sampling = dataclasses.replace(exp.sampling, seed=exp.sampling.seed + 1000 * generation)
+    generate_corpus(
+        model,
+        tokenizer,
+        real_texts,
+        exp.samples,
+        exp.prompt_tokens,
+        sampling,
+        name,
+        "real training text",
+        out,
+        progress=True,
+    )
+
+
+def _generation_config(exp: Experiment, generation: int) -> RunConfig:
+    """The run config of generation g: the base config with its sources and ratio set by the strategy."""
+    config = dataclasses.replace(exp.config)
+    real = [s for s in exp.config.data.sources if s.kind == "real"]
+    newest = [_synthetic_source(exp, generation)]
+    if exp.strategy == "replace":
+        sources, ratio = real + newest, 1.0  # real stays listed only so the held-out split is the same
+    elif exp.strategy == "accumulate":
+        sources = real + [_synthetic_source(exp, g) for g in range(1, generation + 1)]
+        ratio = generation / (generation + 1)  # every corpus is as large as the real data: use them all once
+    else:
+        sources, ratio = real + newest, 1.0 - exp.real_fraction
+    data = dataclasses.replace(
+        exp.config.data,
+        sources=sources,
+        synthetic_ratio=ratio,
+        allow_repeat=True,
+        unit="examples",
+        schedule=dataclasses.replace(exp.config.data.schedule, type="constant"),
+    )
+    return dataclasses.replace(config, data=data, output_dir=str(exp.run_dir / f"gen-{generation}"))
+
+
+def _synthetic_source(exp: Experiment, generation: int) -> SourceConfig:
+    path = exp.run_dir / f"gen-{generation}" / "synthetic.jsonl"
+    return SourceConfig(name=f"gen-{generation}", kind="synthetic", path=str(path))
+
+
+def _finished(folder: Path) -> bool:
+    return any(e.get("event") == "end" for e in read_events(folder / METRICS))
+
+
+def _write_summary(exp: Experiment) -> None:
+    """generations.jsonl, derived from the generation folders (so a restart never duplicates a line)."""
+    lines = []
+    for generation in range(1, exp.generations + 1):
+        events = read_events(exp.run_dir / f"gen-{generation}" / METRICS)
+        evals = [e for e in events if e.get("event") == "eval"]
+        if not evals or not _finished(exp.run_dir / f"gen-{generation}"):
+            break
+        if generation == 1:
+            lines.append(_summary_line(exp, 0, evals[0]))  # the base model, before any update
+        lines.append(_summary_line(exp, generation, evals[-1]))
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    tmp = exp.run_dir / f".{SUMMARY}.tmp"
+    tmp.write_text(text)
+    tmp.replace(exp.run_dir / SUMMARY)
+
+
+def _summary_line(exp: Experiment, generation: int, evaluation: dict[str, Any]) -> dict[str, Any]:
+    skip = {"event", "time", "step", "epoch", "sampling", "seconds"}
+    indicators = {k: v for k, v in evaluation.items() if k not in skip}
+    return {
+        "generation": generation,
+        "strategy": exp.strategy,
+        "seed": exp.config.seed,
+        "real_fraction": exp.real_fraction if exp.strategy == "fixed_real" else None,
+        **indicators,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the experiment; user-fixable errors print one line (exit 2)."""
+    parser = argparse.ArgumentParser(prog="python -m trainer.recursive", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="run config whose model.name is generation 0")
+    parser.add_argument("--generations", type=int, default=5)
+    parser.add_argument("--strategy", choices=STRATEGIES, required=True)
+    parser.add_argument("--real-fraction", type=float, default=0.2, help="fixed_real: share of real data")
+    parser.add_argument("--samples", type=int, help="texts sampled per generation (default: as many as real)")
+    parser.add_argument("--run-dir", type=Path, help="default: OUTPUT_DIR/<strategy>")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=112)
+    parser.add_argument("--debug", action="store_true")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        exp = _experiment(args, overrides)
+        run_dir = run_experiment(exp)
+    except (TrainerError, MixerError) as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"generations: {run_dir / SUMMARY}")
+    return 0
+
+
+def _experiment(args: argparse.Namespace, overrides: list[str]) -> Experiment:
+    if args.generations < 1:
+        raise TrainerError(f"--generations: must be at least 1, got {args.generations}")
+    if not 0 < args.real_fraction < 1:
+        raise TrainerError(f"--real-fraction: must be in (0, 1), got {args.real_fraction}")
+    config = load_config(args.config, overrides)
+    samples = args.samples or len(real_training_texts(config.data))
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        num_beams=args.num_beams,
+        do_sample=args.num_beams == 1,
+        seed=config.seed,
+    )
+    run_dir = args.run_dir or Path(config.output_dir) / args.strategy
+    return Experiment(config, run_dir, args.generations, args.strategy, args.real_fraction, samples, sampling)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
