@@ -184,6 +184,9 @@ def validate_data(data: DataConfig) -> None:
         raise ConfigError(f"data.held_out.fraction: must be in [0, 1), got {data.held_out.fraction}")
     if data.filters.max_repeated_ngram_rate is not None and not 0 <= data.filters.max_repeated_ngram_rate <= 1:
         raise ConfigError("data.filters.max_repeated_ngram_rate: must be in [0, 1]")
+    for key, value in (("max_tokens_per_example", data.max_tokens_per_example), ("filters.ngram", data.filters.ngram)):
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{key}: must be at least 1, got {value}")
     validate_schedule(data)
 
 

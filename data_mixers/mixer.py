@@ -84,17 +84,22 @@ class Mixer:
         self.position = 0
         self.token_offset = 0
         self.ratio_scale = 1.0
+        self.epoch_ratio_scale = 1.0  # the current epoch's: `reduce_ratio` never re-plans an epoch under way
         self._cache: dict[tuple[int, float], EpochPlan] = {}
         _check_kinds_present(corpora, data, epochs)
+        _check_no_empty_examples(corpora)
 
     # ------------------------------------------------------------ planning
     def target_ratio(self, epoch: int) -> float:
         """The synthetic ratio epoch `epoch` is planned with: the schedule's value times the ratio scale."""
-        return float(np.clip(ratio_for_epoch(self.data, epoch, self.epochs) * self.ratio_scale, 0.0, 1.0))
+        return float(np.clip(ratio_for_epoch(self.data, epoch, self.epochs) * self._scale(epoch), 0.0, 1.0))
+
+    def _scale(self, epoch: int) -> float:
+        return self.epoch_ratio_scale if epoch == self.epoch else self.ratio_scale
 
     def plan(self, epoch: int) -> EpochPlan:
         """The global plan of `epoch` (all ranks), computed once and cached."""
-        key = (epoch, self.ratio_scale)
+        key = (epoch, self._scale(epoch))
         if key not in self._cache:
             self._cache = {key: self._make_plan(epoch)}
         return self._cache[key]
@@ -196,6 +201,7 @@ class Mixer:
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` (1-based) from its first example."""
         self.epoch, self.position, self.token_offset = epoch, 0, 0
+        self.epoch_ratio_scale = self.ratio_scale
 
     @property
     def epoch_done(self) -> bool:
@@ -233,8 +239,11 @@ class Mixer:
 
     # ------------------------------------------------------------ state
     def reduce_ratio(self, factor: float) -> None:
-        """Scale the synthetic ratio of the epochs that start from now on by `factor` (a collapse action)."""
+        """Scale the synthetic ratio by `factor` from the next epoch on, or from this one if none of it was taken
+        yet (a collapse action); an epoch under way keeps its plan, so it still holds each real example once."""
         self.ratio_scale *= factor
+        if self.position == 0 and self.token_offset == 0:  # the current epoch has not started yet
+            self.epoch_ratio_scale = self.ratio_scale
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands: small, JSON-serialisable, enough to resume at the exact next token."""
@@ -243,6 +252,7 @@ class Mixer:
             "position": self.position,
             "token_offset": self.token_offset,
             "ratio_scale": self.ratio_scale,
+            "epoch_ratio_scale": self.epoch_ratio_scale,
             "rank": self.rank,
             "world_size": self.world_size,
             "fingerprint": self.fingerprint(),
@@ -257,6 +267,7 @@ class Mixer:
                 f"mixer state was saved with {state.get('world_size')} processes; this run has {self.world_size}"
             )
         self.ratio_scale = float(state["ratio_scale"])
+        self.epoch_ratio_scale = float(state.get("epoch_ratio_scale", self.ratio_scale))
         self.epoch, self.position, self.token_offset = state["epoch"], state["position"], state["token_offset"]
 
     def fingerprint(self) -> str:
@@ -301,6 +312,17 @@ def _check_kinds_present(corpora: list[Corpus], data: DataConfig, epochs: int) -
         raise MixerError(f"data.synthetic_ratio is {max(ratios):g} but no source has kind: synthetic")
     if min(ratios, default=1) < 1 and "real" not in kinds:
         raise MixerError(f"data.synthetic_ratio is {min(ratios):g} but no source has kind: real")
+
+
+def _check_no_empty_examples(corpora: list[Corpus]) -> None:
+    # An example of no tokens would never be consumed: the stream would stall on it.
+    for corpus in corpora:
+        empty = np.flatnonzero(corpus.lengths == 0)
+        if len(empty):
+            raise MixerError(
+                f"source '{corpus.name}': example {int(corpus.source_index[empty[0]])} has no tokens "
+                f"({len(empty)} such examples); the tokenizer produced nothing for them"
+            )
 
 
 def _check_ratio_feasible(ratio: float, real: list[int], synthetic: list[int], epoch: int) -> None:

@@ -1,0 +1,122 @@
+"""`python -m data_mixers inspect`: tables, --json, overrides, --dump, and one-line errors with exit code 2.
+
+Runs in-process (main(argv)) from the repository root, as a user would, with the tokenizer cache in a
+temporary folder so the tests never touch .cache/.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_mixers.__main__ import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("tokenizer-cache"))
+
+
+@pytest.fixture
+def inspect(cache: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """Run `inspect ARGS` from the repository root; returns (exit code, stdout, stderr)."""
+    monkeypatch.chdir(REPO)
+
+    def run(*args: str, config: str = "configs/tiny.yaml") -> tuple[int, str, str]:
+        code = main(["inspect", "--config", config, "--tokenizer.cache_dir", cache, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_text_report_lists_sources_and_epochs(inspect) -> None:
+    code, out, err = inspect()
+    assert (code, err) == (0, "")
+    assert "ratio counted in tokens" in out
+    source_rows = [line.split() for line in out.splitlines() if line.startswith("  python-docs")]
+    source_rows += [line.split() for line in out.splitlines() if line.startswith("  trigram-synthetic")]
+    assert [row[:2] for row in source_rows] == [["python-docs", "real"], ["trigram-synthetic", "synthetic"]]
+    epochs = out[out.index("epochs:") :].splitlines()[2:]
+    assert [row.split()[:2] for row in epochs] == [["1", "0.300"], ["2", "0.300"]]  # train.epochs: 2
+
+
+def report(inspect, *args: str) -> dict:
+    code, out, err = inspect("--json", *args)
+    assert (code, err) == (0, "")
+    return json.loads(out)
+
+
+def test_json_report_realizes_the_target_token_ratio(inspect) -> None:
+    result = report(inspect)
+    assert result["unit"] == "tokens" and len(result["epochs"]) == 2
+    for epoch in result["epochs"]:
+        assert epoch["target_synthetic_ratio"] == 0.3
+        assert abs(epoch["realized_token_ratio"] - 0.3) <= 0.01
+        assert epoch["tokens"]["real"] == result["sources"][0]["tokens"]  # one pass over the real data
+
+
+def test_an_override_changes_the_ratio(inspect) -> None:
+    for epoch in report(inspect, "--data.synthetic_ratio", "0.5")["epochs"]:
+        assert epoch["target_synthetic_ratio"] == 0.5
+        assert abs(epoch["realized_token_ratio"] - 0.5) <= 0.01
+
+
+def test_dump_writes_the_stream_of_epoch_1(inspect, tmp_path: Path) -> None:
+    dump = tmp_path / "out" / "stream.jsonl"
+    result = report(inspect, "--dump", str(dump))
+    records = [json.loads(line) for line in dump.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == result["dump"]["examples"]
+    assert all(set(r) == {"source", "kind", "index", "n_tokens"} for r in records)
+    sums = {"real": 0, "synthetic": 0}
+    for record in records:
+        sums[record["kind"]] += record["n_tokens"]
+    assert sums == result["epochs"][0]["tokens"]
+    kinds = {r["source"]: r["kind"] for r in records}
+    assert kinds == {"python-docs": "real", "trigram-synthetic": "synthetic"}
+
+
+def one_line_error(inspect, *args: str, config: str = "configs/tiny.yaml") -> str:
+    code, out, err = inspect(*args, config=config)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    return err.strip()
+
+
+def test_bad_key_is_one_line_with_a_hint(inspect) -> None:
+    message = one_line_error(inspect, "--data.synthetic_ratoi", "0.3")
+    assert message == "error: unknown key 'data.synthetic_ratoi' (did you mean 'synthetic_ratio'?)"
+
+
+def test_malformed_jsonl_line_names_file_and_line(inspect, tmp_path: Path) -> None:
+    real = tmp_path / "real.jsonl"
+    real.write_text('{"text": "fine"}\n{"text": "cut off\n{"text": "fine too"}\n', encoding="utf-8")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"data:\n  sources:\n    - name: docs\n      kind: real\n      path: {real}\n      on_error: raise\n",
+        encoding="utf-8",
+    )
+    message = one_line_error(inspect, config=str(config))
+    assert message.startswith(f"error: source 'docs': {real}:2: invalid JSON")
+
+
+def test_missing_source_file_and_missing_config(inspect, tmp_path: Path) -> None:
+    message = one_line_error(inspect, "--data.sources", "[{name: gen, kind: real, path: nowhere.jsonl}]")
+    assert message.startswith("error: source 'gen': nowhere.jsonl: file does not exist")
+    message = one_line_error(inspect, config=str(tmp_path / "missing.yaml"))
+    assert message == f"error: {tmp_path / 'missing.yaml'}: config file does not exist"
+
+
+def test_module_entry_point_runs(cache: str) -> None:
+    command = [sys.executable, "-m", "data_mixers", "inspect", "--config", "configs/tiny.yaml"]
+    done = subprocess.run(
+        [*command, "--tokenizer.cache_dir", cache], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "trigram-synthetic" in done.stdout and "epochs:" in done.stdout

@@ -1,0 +1,153 @@
+"""Config loading: typed sections, "did you mean" for unknown keys, errors that name the dotted key or the
+file and line, dotted command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from data_mixers import ConfigError, Corpus, DataConfig, Mixer, MixerError, SourceConfig, load_mixer_settings
+from data_mixers.config import parse_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = {
+    "seed": 1,
+    "data": {
+        "synthetic_ratio": 0.3,
+        "sources": [
+            {"name": "docs", "kind": "real", "path": "r.jsonl"},
+            {"name": "gen", "kind": "synthetic", "path": "s.jsonl"},
+        ],
+    },
+}
+
+
+def write(tmp_path: Path, raw: object) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def with_data(**data: object) -> dict:
+    return {**BASE, "data": {**BASE["data"], **data}}
+
+
+def error(path: Path, overrides: list[str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_mixer_settings(path, overrides)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_config_maps_onto_the_dataclasses(tmp_path: Path) -> None:
+    settings = load_mixer_settings(write(tmp_path, {**BASE, "train": {"epochs": 3}, "output_dir": "runs/x"}))
+    assert settings.seed == 1 and settings.data.synthetic_ratio == 0.3 and settings.data.unit == "tokens"
+    assert [(s.name, s.kind) for s in settings.data.sources] == [("docs", "real"), ("gen", "synthetic")]
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(config: Path) -> None:
+    load_mixer_settings(config)
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        (with_data(synthetic_ratoi=0.3), "unknown key 'data.synthetic_ratoi' (did you mean 'synthetic_ratio'?)"),
+        ({**BASE, "tokenizer": {"vocab": 100}}, "unknown key 'tokenizer.vocab' (did you mean 'vocab_size'?)"),
+        (with_data(filters={"min_token": 3}), "unknown key 'data.filters.min_token' (did you mean 'min_tokens'?)"),
+        (
+            with_data(sources=[{"name": "a", "knd": "real", "path": "x"}]),
+            "unknown key 'data.sources[0].knd' (did you mean 'kind'?)",
+        ),
+        (with_data(zzz=1), "unknown key 'data.zzz' (expected one of: add_eos, allow_repeat,"),
+    ],
+)
+def test_unknown_keys_name_the_dotted_key_and_suggest_the_closest(tmp_path: Path, raw: dict, expected: str) -> None:
+    assert expected in error(write(tmp_path, raw))
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        (with_data(synthetic_ratio="lots"), "data.synthetic_ratio: expected a number, got str 'lots'"),
+        (with_data(stratify=1), "data.stratify: expected true or false, got int 1"),
+        ({**BASE, "tokenizer": {"vocab_size": 1.5}}, "tokenizer.vocab_size: expected an integer, got float 1.5"),
+        (
+            with_data(sources=[{"name": "a", "kind": "fake", "path": "x"}]),
+            "data.sources[0].kind: expected one of 'real', 'synthetic', got 'fake'",
+        ),
+        (with_data(sources={"name": "a"}), "data.sources: expected a list, got dict"),
+        (with_data(schedule={"steps": [[1, "x"]]}), "data.schedule.steps[0][1]: expected a number"),
+    ],
+)
+def test_wrong_types_name_the_dotted_key(tmp_path: Path, raw: dict, expected: str) -> None:
+    assert expected in error(write(tmp_path, raw))
+
+
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        ({"synthetic_ratio": 1.5}, "data.synthetic_ratio: must be in [0, 1], got 1.5"),
+        ({"synthetic_ratio": -0.1}, "data.synthetic_ratio: must be in [0, 1], got -0.1"),
+        ({"schedule": {"type": "linear", "end": 2}}, "data.schedule.end: must be in [0, 1], got 2.0"),
+        ({"schedule": {"type": "steps", "steps": [[2, 0.1], [2, 0.2]]}}, "data.schedule.steps[1]: epochs must"),
+        ({"schedule": {"type": "steps"}}, "the 'steps' schedule needs at least one"),
+        ({"max_tokens_per_example": 0}, "data.max_tokens_per_example: must be at least 1, got 0"),
+        ({"filters": {"ngram": 0}}, "data.filters.ngram: must be at least 1, got 0"),
+    ],
+)
+def test_values_out_of_range_and_bad_schedules_are_refused(tmp_path: Path, data: dict, expected: str) -> None:
+    assert expected in error(write(tmp_path, with_data(**data)))
+
+
+def test_a_synthetic_ratio_without_a_synthetic_source_is_refused_by_the_mixer() -> None:
+    corpora = [Corpus("docs", "real", np.zeros(10, np.int32), np.array([0, 5, 10]), np.arange(2))]
+    data = DataConfig(sources=[SourceConfig(name="docs", kind="real")], synthetic_ratio=0.3)
+    with pytest.raises(MixerError, match="data.synthetic_ratio is 0.3 but no source has kind: synthetic"):
+        Mixer(corpora, data, seed=0)
+    Mixer(corpora, DataConfig(sources=data.sources, synthetic_ratio=0.0), seed=0)  # fine at 0
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "seed: 1\ndata:\n  synthetic_ratio: 0.3\n   unit: tokens\n")  # line 4 is mis-indented
+    assert error(path) == f"{path}:4: invalid YAML (mapping values are not allowed here)"
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    assert error(tmp_path / "nope.yaml") == f"{tmp_path / 'nope.yaml'}: config file does not exist"
+
+
+def test_overrides_are_dotted_keys_with_yaml_values() -> None:
+    parsed = parse_overrides(["--data.synthetic_ratio", "0.3", "--a.b=1", "--data.unit", "examples", "--x", "null"])
+    assert parsed == {"data": {"synthetic_ratio": 0.3, "unit": "examples"}, "a": {"b": 1}, "x": None}
+    assert parse_overrides(["--data.stratify=true"]) == {"data": {"stratify": True}}
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--data.unit"], "override --data.unit: missing a value"),
+        (["data.unit", "tokens"], "override 'data.unit': expected --section.key VALUE"),
+        (["--", "1"], "override '--': expected --section.key VALUE"),
+        (["--data=1", "--data.unit", "tokens"], "override --data.unit: 'data' is set twice"),
+    ],
+)
+def test_malformed_overrides(args: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_overrides(args)
+    assert str(caught.value) == expected
+
+
+def test_overrides_are_merged_and_checked_like_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    settings = load_mixer_settings(path, ["--data.synthetic_ratio", "0.5", "--seed=7"])
+    assert settings.seed == 7
+    assert settings.data.synthetic_ratio == 0.5 and len(settings.data.sources) == 2
+    assert "data.synthetic_ratio: must be in [0, 1], got 2.0" in error(path, ["--data.synthetic_ratio", "2"])
+    assert "did you mean 'unit'" in error(path, ["--data.unti", "tokens"])
+    assert "the mixer reads only seed, data, tokenizer" in error(path, ["--train.epochs", "3"])
