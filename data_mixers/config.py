@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -214,13 +215,24 @@ def validate_schedule(data: DataConfig) -> None:
 
 
 # ---------------------------------------------------------------- generic machinery
+class _Loader(yaml.SafeLoader):
+    """safe_load, except that `2e-4` is a number, as in YAML 1.2 (PyYAML's YAML 1.1 wants `2.0e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with safe_load; a missing file or a non-mapping is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -249,7 +261,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             key, text = flag[2:], args[i + 1]
             i += 2
         try:
-            value = yaml.safe_load(text)
+            value = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError:
             value = text
         node = nested

@@ -35,7 +35,11 @@ def write_checkpoint(root: Path, step: int, write_files: Callable[[Path], None],
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write_files(tmp)
+    try:
+        write_files(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves nothing behind
+        raise
     files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     _write_json(tmp / MANIFEST, {"step": step, "created": time.time(), "files": files})
     _fsync_tree(tmp)
@@ -52,6 +56,8 @@ def find_checkpoint(root: Path, which: str) -> Path:
     warning for each one skipped); otherwise `which` is a checkpoint folder, which must be intact."""
     if which != "latest":
         path = Path(which)
+        if not path.is_dir():
+            raise TrainerError(f"--resume {which}: no such checkpoint folder (or pass --resume latest)")
         problem = verify(path)
         if problem:
             raise TrainerError(f"--resume {which}: {problem}")

@@ -86,6 +86,8 @@ class Run:
     compute_dtype: torch.dtype
     monitor: CollapseMonitor | None = None
     stop_reason: str | None = None
+    checkpointed_step: int | None = None
+    """The step of the newest checkpoint, so a run that stops between checkpoints writes a final one."""
 
     @property
     def total_steps(self) -> int:
@@ -155,6 +157,7 @@ def setup(config: RunConfig, resume: str | None) -> Run:
     if checkpoint is not None:
         _load_checkpoint(run, checkpoint)
         _replan_steps(run)
+        run.checkpointed_step = run.progress.step
     run.log = RunLog(output_dir, accelerator.is_main_process, purge_step=run.progress.step if checkpoint else None)
     if checkpoint is None:
         _log_start(run, corpora.reports)
@@ -273,6 +276,8 @@ def fit(run: Run) -> None:
         if progress.step_in_epoch >= run.steps_per_epoch[progress.epoch - 1]:
             end_epoch(run)
     bar.close()
+    if run.checkpointed_step != progress.step:  # max_steps fell between checkpoints: keep the run continuable
+        save_checkpoint(run)
     finish(run)
 
 
@@ -503,6 +508,7 @@ def save_checkpoint(run: Run) -> None:
             run.output_dir / "checkpoints", run.progress.step, write_files, run.config.checkpoint.keep_last
         )
         run.log.event("checkpoint", step=run.progress.step, epoch=run.progress.epoch, path=str(path))
+    run.checkpointed_step = run.progress.step
     accelerator.wait_for_everyone()
 
 
@@ -515,6 +521,7 @@ def _load_checkpoint(run: Run, folder: Path) -> None:
         model.load_state_dict(load_file(str(folder / "model" / "model.safetensors")), strict=False)
     run.optimizer.load_state_dict(load_torch(folder / "optimizer.pt"))
     run.scheduler.load_state_dict(load_torch(folder / "scheduler.pt"))
+    _apply_configured_hyperparameters(run)
     if accelerator.scaler is not None and (folder / "scaler.pt").exists():
         accelerator.scaler.load_state_dict(load_torch(folder / "scaler.pt"))
     rng_states = load_torch(folder / "rng.pt")
@@ -532,6 +539,18 @@ def _load_checkpoint(run: Run, folder: Path) -> None:
     if accelerator.is_main_process and (folder / METRICS).exists():
         shutil.copyfile(folder / METRICS, run.output_dir / METRICS)  # drop events logged after the checkpoint
     accelerator.wait_for_everyone()
+
+
+def _apply_configured_hyperparameters(run: Run) -> None:
+    """The optimizer's and scheduler's states carry the learning rate and weight decay they were saved with;
+    the config's values win (as the `resume` event says), at the schedule's current position."""
+    train = run.config.train
+    run.scheduler.base_lrs = [train.learning_rate for _ in run.optimizer.param_groups]
+    for group, factor in zip(run.optimizer.param_groups, run.scheduler.lr_lambdas):
+        group["initial_lr"] = train.learning_rate
+        group["lr"] = train.learning_rate * factor(run.scheduler.last_epoch)
+        group["weight_decay"] = train.weight_decay
+    run.scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
 
 
 def _config_changes(folder: Path, config: RunConfig) -> list[str]:

@@ -30,7 +30,7 @@ class RunLog:
         if not self.enabled:
             return record
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_plain) + "\n")
+            f.write(json.dumps(_finite(record), default=_plain, allow_nan=False) + "\n")
         step = fields.get("step")
         if self._writer is not None and isinstance(step, int):
             for key, value in fields.items():
@@ -52,7 +52,18 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _finite(value: Any) -> Any:
+    # NaN and infinity are not JSON (jq and most parsers reject the line); they are written as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
-        return value.item()
+        return _finite(value.item())
     return str(value)

@@ -1,0 +1,150 @@
+"""Shared fixtures of the trainer tests: a tiny run config that trains in seconds on a CPU, and one reference
+run that several tests read (its folder, its events and the trained model in memory). No behaviour under test
+lives here."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from data_mixers.config import merge
+from data_mixers.tokenizer import train_bpe
+from trainer.config import RunConfig, load_config
+from trainer.loop import Run, fit, setup
+from trainer.run_log import METRICS, read_events
+
+REPO = Path(__file__).resolve().parents[2]
+SYNTHETIC = REPO / "data" / "tiny_synthetic.jsonl"
+
+
+def tiny_config(cache_dir: Path) -> dict[str, Any]:
+    """About 44 optimizer steps over 2 epochs (22 each), a checkpoint every 4 steps, a cheap collapse hook."""
+    return {
+        "seed": 0,
+        "tokenizer": {"vocab_size": 512, "cache_dir": str(cache_dir)},
+        "data": {
+            "synthetic_ratio": 0.3,
+            "sources": [
+                {"name": "docs", "kind": "real", "builtin": "python_docs", "max_examples": 24},
+                {"name": "syn", "kind": "synthetic", "path": str(SYNTHETIC), "max_examples": 40},
+            ],
+        },
+        "model": {
+            "arch": {
+                "model_type": "llama",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 2,
+            }
+        },
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "train": {
+            "epochs": 2,
+            "per_device_train_batch_size": 4,
+            "seq_len": 64,
+            "learning_rate": 0.01,
+            "warmup_steps": 2,
+            "progress": False,
+        },
+        "checkpoint": {"every_steps": 4, "keep_last": 3},
+        "collapse": {
+            "num_prompts": 4,
+            "prompt_tokens": 8,
+            "max_eval_texts": 4,
+            "eval_seq_len": 64,
+            "eval_batch_size": 4,
+            "self_bleu_samples": 4,
+            "sampling": {"max_new_tokens": 8, "batch_size": 4},
+        },
+    }
+
+
+def write_config(folder: Path, cache_dir: Path, changes: dict[str, Any] | None = None) -> Path:
+    """The tiny config with `changes` deep-merged into it, written as folder/config.yaml (no output_dir)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(merge(tiny_config(cache_dir), changes or {}), sort_keys=False))
+    return path
+
+
+def run_config(path: Path, output_dir: Path, *overrides: str) -> RunConfig:
+    """The run config of `path` writing into `output_dir`, with CLI-style overrides."""
+    return load_config(path, ["--output_dir", str(output_dir), *overrides])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads on a busy shared CPU; the tests' subprocesses run with one thread
+    too (OMP_NUM_THREADS=1), so in-process and CLI runs compute the very same floating-point numbers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tokenizer cache for the session, so the BPE is trained once per corpus."""
+    return tmp_path_factory.mktemp("tokenizer-cache")
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, token_cache: Path) -> Callable[..., Path]:
+    """Write the tiny config (with changes) into tmp_path and return its path."""
+
+    def make(changes: dict[str, Any] | None = None, name: str = "config") -> Path:
+        return write_config(tmp_path / name, token_cache, changes)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE (300 tokens, ChatML template) for tests that build models and batches by hand."""
+    import pydoc_data.topics
+
+    texts = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:30]
+    return train_bpe(texts, vocab_size=300)
+
+
+@dataclasses.dataclass
+class ReferenceRun:
+    """The uninterrupted run that resumed runs must reproduce."""
+
+    config_path: Path
+    config: RunConfig
+    output_dir: Path
+    run: Run
+    """The finished run, model included (base and LoRA weights as training left them)."""
+    events: list[dict[str, Any]]
+
+    @property
+    def train_steps(self) -> list[int]:
+        return [e["step"] for e in self.events if e["event"] == "train"]
+
+    @property
+    def adapter_bytes(self) -> bytes:
+        return (self.output_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory, token_cache: Path) -> ReferenceRun:
+    """The tiny config trained to the end, uninterrupted (`train()` is exactly setup, fit and closing the log;
+    they are called here to keep the trained model)."""
+    root = tmp_path_factory.mktemp("reference")
+    path = write_config(root, token_cache)
+    config = run_config(path, root / "run")
+    run = setup(config, resume=None)
+    try:
+        fit(run)
+    finally:
+        run.log.close()
+    return ReferenceRun(path, config, run.output_dir, run, read_events(run.output_dir / METRICS))

@@ -1,0 +1,150 @@
+"""Packing: pieces of examples share a row without seeing each other; labels, positions and kinds per token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from data_mixers.mixer import Example
+from trainer.config import ModelConfig
+from trainer.model import build_model
+from trainer.packing import IGNORE, KIND_CODES, PAD_KIND, pack_rows, token_losses
+
+PAD = 1
+ARCH = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+def piece(ids, kind: str = "real", mask=None, start: int = 0) -> Example:
+    """An example piece as the mixer yields it."""
+    return Example("src", kind, 0, np.asarray(ids, np.int32), None if mask is None else np.asarray(mask, bool), start)
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def model(request, tiny_tokenizer):
+    torch.manual_seed(0)
+    built = build_model(ModelConfig(arch=ARCH, attn_implementation=request.param), tiny_tokenizer, torch.float32)
+    assert built.config._attn_implementation == request.param
+    return built.eval()
+
+
+@st.composite
+def rows_of_pieces(draw, seq_len: int = 24):
+    """Rows of pieces (some empty, some continuing an example, some with a loss mask) that fit `seq_len`."""
+    rows = []
+    for _ in range(draw(st.integers(1, 3))):
+        room, row = seq_len, []
+        for _ in range(draw(st.integers(0, 5))):
+            n = draw(st.integers(0, room))
+            ids = draw(st.lists(st.integers(2, 299), min_size=n, max_size=n))
+            mask = draw(st.none() | st.lists(st.booleans(), min_size=n, max_size=n))
+            kind = draw(st.sampled_from(list(KIND_CODES)))
+            row.append(piece(ids, kind, mask, start=draw(st.sampled_from([0, 0, 3]))))
+            room -= n
+        rows.append(row)
+    return rows
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows_of_pieces())
+def test_every_token_gets_its_piece_label_position_segment_and_kind(rows: list[list[Example]]) -> None:
+    seq_len = 24
+    batch = pack_rows(rows, seq_len, PAD)
+    assert batch.input_ids.shape == batch.labels.shape == batch.kinds.shape == (len(rows), seq_len)
+    started = {kind: 0 for kind in KIND_CODES}
+    for r, row in enumerate(rows):
+        cursor, segment = 0, 0
+        for p in row:
+            n = len(p.ids)
+            if n == 0:
+                continue
+            segment += 1
+            span = slice(cursor, cursor + n)
+            expected = np.where(p.loss_mask if p.loss_mask is not None else True, p.ids, IGNORE)
+            expected[0] = IGNORE  # nothing before a piece in its row is its context
+            assert batch.input_ids[r, span].tolist() == p.ids.tolist()
+            assert batch.labels[r, span].tolist() == expected.tolist()
+            assert batch.position_ids[r, span].tolist() == list(range(n))
+            assert batch.segment_ids[r, span].tolist() == [segment] * n
+            assert batch.kinds[r, span].tolist() == [KIND_CODES[p.kind]] * n
+            started[p.kind] += p.start == 0
+            cursor += n
+        padding = slice(cursor, seq_len)
+        assert batch.input_ids[r, padding].tolist() == [PAD] * (seq_len - cursor)
+        assert batch.labels[r, padding].tolist() == [IGNORE] * (seq_len - cursor)
+        assert batch.kinds[r, padding].tolist() == [PAD_KIND] * (seq_len - cursor)
+        assert batch.segment_ids[r, padding].tolist() == [0] * (seq_len - cursor)
+        assert batch.position_ids[r, padding].tolist() == list(range(seq_len - cursor))
+    assert batch.examples_started.tolist() == [started[kind] for kind in KIND_CODES]
+    assert batch.loss_tokens == int((batch.labels != IGNORE).sum())
+
+    # The mask lets a token see earlier tokens of its own piece (or of the padding) and nothing else.
+    mask = batch.attention_mask(torch.float32)
+    assert mask.shape == (len(rows), 1, seq_len, seq_len)
+    segments = batch.segment_ids
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+    allowed = (segments[:, :, None] == segments[:, None, :]) & causal
+    assert torch.equal(mask[:, 0] == 0, allowed)
+    assert torch.all(mask[:, 0][~allowed] == torch.finfo(torch.float32).min)
+
+
+def test_a_row_longer_than_seq_len_is_refused() -> None:
+    with pytest.raises(ValueError, match="row 1 holds 9 tokens, more than seq_len 8"):
+        pack_rows([[piece([5] * 8)], [piece([5] * 4), piece([6] * 5)]], 8, PAD)
+
+
+@torch.no_grad()
+def test_packed_pieces_give_the_logits_of_each_piece_run_alone(model) -> None:
+    rng = np.random.default_rng(0)
+    rows = [
+        [piece(rng.integers(2, 300, n)) for n in (7, 5, 9)],
+        [piece(rng.integers(2, 300, 12)), piece(rng.integers(2, 300, 10), "synthetic", start=4)],
+    ]
+    batch = pack_rows(rows, 24, PAD)
+    packed = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask(torch.float32), position_ids=batch.position_ids
+    ).logits
+    leaky = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits  # restarting positions only
+    leaks = []
+    for r, row in enumerate(rows):
+        cursor = 0
+        for p in row:
+            alone = model(input_ids=torch.from_numpy(p.ids.astype(np.int64))[None]).logits[0]
+            span = slice(cursor, cursor + len(p.ids))
+            torch.testing.assert_close(packed[r, span], alone, rtol=0, atol=1e-5)
+            if cursor:
+                leaks.append(float((leaky[r, span] - alone).abs().max()))
+            cursor += len(p.ids)
+    # Without the block mask later pieces would see earlier ones: the comparison above can tell.
+    assert min(leaks) > 1e-2
+
+
+@torch.no_grad()
+def test_token_losses_match_the_models_own_loss_on_an_unpacked_row(model) -> None:
+    ids = np.random.default_rng(1).integers(2, 300, 16)
+    batch = pack_rows([[piece(ids)]], 16, PAD)
+    output = model(input_ids=batch.input_ids, labels=batch.input_ids)
+    nll = token_losses(output.logits, batch.labels)
+    assert nll.shape == (1, 15) and nll.dtype == torch.float32
+    assert batch.loss_tokens == 15
+    torch.testing.assert_close(nll.sum() / batch.loss_tokens, output.loss, rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_token_losses_are_zero_where_the_label_is_ignored(model) -> None:
+    ids = np.random.default_rng(2).integers(2, 300, 10)
+    mask = [True, True, False, False, True, True, True, False, True, True]
+    batch = pack_rows([[piece(ids, mask=mask)]], 12, PAD)
+    nll = token_losses(model(input_ids=batch.input_ids).logits, batch.labels)
+    ignored = batch.labels[:, 1:] == IGNORE
+    assert torch.all(nll[ignored] == 0) and torch.all(nll[~ignored] > 0)
+    assert int((~ignored).sum()) == batch.loss_tokens == 6  # positions 1, 4, 5, 6, 8, 9
