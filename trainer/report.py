@@ -48,7 +48,18 @@ COLLAPSE_DIRECTION: dict[str, tuple[int, str]] = {
     name: (-INDICATOR_DIRECTION[name], sentence) for name, sentence in COLLAPSE_SENTENCES.items()
 }
 UNKNOWN_DIRECTION = (0, "Not a documented collapse indicator; shown as logged.")
-NOT_INDICATORS = {"event", "time", "step", "epoch", "generation", "realized_synthetic_ratio", "target_synthetic_ratio"}
+NOT_INDICATORS = {
+    "event",
+    "time",
+    "step",
+    "epoch",
+    "generation",
+    "seed",
+    "real_fraction",
+    "seconds",
+    "realized_synthetic_ratio",
+    "target_synthetic_ratio",
+}
 # tab10 without its red, which marks alerts.
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 ALERT_RED = "#d62728"
