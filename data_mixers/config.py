@@ -298,6 +298,9 @@ def build(cls: type[T], raw: Any, where: str = "") -> T:
     for key in raw:
         if key not in fields:
             raise ConfigError(f"unknown key {_join(where, str(key))!r}{_did_you_mean(str(key), fields)}")
+    for name, field in fields.items():
+        if name not in raw and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(where, name)}: missing (this key has no default)")
     values = {name: _coerce(hints[name], raw[name], _join(where, name)) for name in fields if name in raw}
     return cls(**values)
 

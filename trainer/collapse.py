@@ -22,7 +22,11 @@ from trainer.indicators import (
     perplexity,
     rare_tokens,
     sample_indicators,
+    self_bleu,
 )
+
+# Measured on held-out text, not on samples: the real text has no value of its own to compare them with.
+HELD_OUT_INDICATORS = ("real_ppl", "next_token_entropy")
 
 
 @dataclasses.dataclass
@@ -34,9 +38,9 @@ class AlertRule:
     direction: Literal["down", "up"]
     """Which move is a warning sign."""
     threshold: float
-    """Relative change that triggers, e.g. 0.2 for 20%."""
+    """Relative change that triggers, e.g. 0.2 for 20% (an absolute change when the compared value is 0)."""
     against: Literal["baseline", "reference"] = "baseline"
-    """Compare with the step-0 baseline, or with the held-out real text's own value."""
+    """Compare with the step-0 baseline, or with the held-out real text's own value (sample indicators only)."""
     action: Literal["warn", "stop", "reduce_ratio"] = "warn"
     """warn: log and print; stop: checkpoint and end the run; reduce_ratio: scale the synthetic ratio down."""
 
@@ -85,9 +89,17 @@ def validate_collapse(config: CollapseConfig) -> None:
             raise ConfigError(f"collapse.rules[{i}].indicator: unknown {rule.indicator!r} (known: {known})")
         if rule.threshold <= 0:
             raise ConfigError(f"collapse.rules[{i}].threshold: must be > 0, got {rule.threshold}")
+        if rule.against == "reference" and rule.indicator in HELD_OUT_INDICATORS:
+            raise ConfigError(
+                f"collapse.rules[{i}].against: {rule.indicator} is measured on the held-out text itself, so it "
+                "has no reference value; use against: baseline"
+            )
     if not 0 < config.reduce_factor < 1:
         raise ConfigError(f"collapse.reduce_factor: must be in (0, 1), got {config.reduce_factor}")
-    for key in ("num_prompts", "prompt_tokens", "max_eval_texts", "eval_seq_len", "eval_batch_size"):
+    if not 0 < config.tail_share <= 1:
+        raise ConfigError(f"collapse.tail_share: must be in (0, 1], got {config.tail_share}")
+    counts = ("num_prompts", "prompt_tokens", "max_eval_texts", "eval_seq_len", "eval_batch_size", "self_bleu_samples")
+    for key in counts:
         if getattr(config, key) < 1:
             raise ConfigError(f"collapse.{key}: must be at least 1, got {getattr(config, key)}")
 
@@ -126,6 +138,11 @@ class CollapseMonitor:
     def _indicators(self, samples: list[list[int]]) -> dict[str, float]:
         texts = self.tokenizer.batch_decode(samples, skip_special_tokens=True)
         values = sample_indicators(samples, texts, self.rare, self.real_tokens)
+        # sample_indicators scores self_bleu on at most 64 hypotheses drawn with seed 0; where the configured
+        # count and seed could draw another subset, the configured ones win.
+        count, seed = self.config.self_bleu_samples, self.config.sampling.seed
+        if len(samples) > min(count, 64) and (count, seed) != (64, 0):
+            values["self_bleu"] = self_bleu(samples, count, seed)
         return {k: float(v) for k, v in values.items()}
 
     @torch.no_grad()
@@ -164,21 +181,30 @@ class CollapseMonitor:
         return {"real_ppl": perplexity(nll_sum, tokens), "next_token_entropy": entropy_sum / max(tokens, 1)}
 
     def alerts(self, values: dict[str, float], step: int, epoch: int) -> list[dict[str, Any]]:
-        """The rules that `values` break, as `alert` event fields."""
+        """The rules that `values` break, as `alert` event fields.
+
+        The change is relative to the anchor (baseline or reference); from an anchor of 0 it is the absolute
+        change, so that a rule such as `repetition_rate up 0.2` still fires for a model that started at 0.
+        An infinite value (real_ppl overflowing) is an infinite rise; a NaN value breaks no rule.
+        """
         fired = []
         for rule in self.config.rules:
             anchor = (self.baseline or {}) if rule.against == "baseline" else self.reference
             base, value = anchor.get(rule.indicator), values.get(rule.indicator)
-            if base is None or value is None or base == 0 or not np.isfinite(value):
+            if base is None or value is None or not np.isfinite(base) or np.isnan(value):
                 continue
-            change = (value - base) / abs(base)
+            if np.isinf(value):
+                change = float(value)
+            else:
+                change = (value - base) / abs(base) if base != 0 else value - base
             if (rule.direction == "down" and change < -rule.threshold) or (
                 rule.direction == "up" and change > rule.threshold
             ):
                 verb = "fell" if change < 0 else "rose"
+                moved = _percent(abs(change)) if base != 0 else f"by {abs(change):.4g}"
                 message = (
-                    f"{rule.indicator} {verb} {abs(change):.1%} vs {rule.against} ({base:.4g} -> "
-                    f"{value:.4g}) at epoch {epoch}, past the {rule.threshold:.0%} limit; action: {rule.action}"
+                    f"{rule.indicator} {verb} {moved} vs {rule.against} ({base:.4g} -> {value:.4g}) at epoch "
+                    f"{epoch}, past the {_limit(rule.threshold, base)} limit; action: {rule.action}"
                 )
                 fired.append(
                     {
@@ -189,7 +215,7 @@ class CollapseMonitor:
                         "baseline": base,
                         "against": rule.against,
                         "change": change,
-                        "rule": f"{rule.indicator} {rule.direction} > {rule.threshold:.0%} vs {rule.against}",
+                        "rule": f"{rule.indicator} {rule.direction} > {_percent(rule.threshold)} vs {rule.against}",
                         "action": rule.action,
                         "message": message,
                     }
@@ -203,3 +229,12 @@ class CollapseMonitor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the baseline."""
         self.baseline = state.get("baseline")
+
+
+def _percent(fraction: float) -> str:
+    """0.2 -> '20%', 0.0001 -> '0.01%': as many digits as the value needs (a 0.0001 limit is not '0%')."""
+    return f"{fraction * 100:.3g}%"
+
+
+def _limit(threshold: float, base: float) -> str:
+    return _percent(threshold) if base != 0 else f"{threshold:g} (absolute, from 0)"

@@ -1,0 +1,215 @@
+"""The collapse hook's cost against an epoch of training, at the demo's settings.
+
+    .venv/bin/python bench/bench_collapse.py                    # configs/demo.yaml (needs `make demo`'s cache)
+    .venv/bin/python bench/bench_collapse.py --config configs/tiny.yaml --epochs 2
+    .venv/bin/python bench/bench_collapse.py --collapse.num_prompts 24   # any run-config override
+
+One training run into a temporary folder (configs/demo.yaml when its base model and synthetic corpus are
+cached, else configs/tiny.yaml), read back from its metrics.jsonl: each `eval` event's `seconds` (the hook's
+measurement: held-out scoring, sampling, indicators) against the epoch's training time, taken from the `train`
+events' `time` stamps (first to last step of the epoch, plus one mean step for the first; a checkpoint written
+every N steps counts as training). The step-0 eval (the baseline) is listed apart: it runs once per run.
+Torch runs on one thread unless `--threads` says otherwise: on a shared or busy CPU, several threads per process
+make small matrix products (and so sampling, one token at a time) tens of times slower and the numbers noise.
+
+The hook's parts are timed by wrapping them in this process: held-out scoring (`_score_held_out`), sampling
+(`sample_continuations`), the sample indicators (`_indicators`, self_bleu among them) and the report that is
+rewritten after each eval (`trainer.loop._write_report`), which the eval's `seconds` does not include.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import trainer.collapse as collapse  # noqa: E402
+import trainer.indicators as indicators  # noqa: E402
+import trainer.loop as loop  # noqa: E402
+from trainer.config import RunConfig, load_config  # noqa: E402
+from trainer.run_log import METRICS, read_events  # noqa: E402
+
+PARTS = ("held_out", "sampling", "indicators", "self_bleu")
+
+
+class HookClock:
+    """Seconds spent in each part of every `measure` call (one record per eval), and in each report write."""
+
+    def __init__(self) -> None:
+        self.evals: list[dict[str, float]] = []
+        self.reports: list[float] = []
+        self._inside = False
+
+    def install(self) -> None:
+        monitor = collapse.CollapseMonitor
+        monitor.measure = self._measure(monitor.measure)
+        monitor._score_held_out = self._part("held_out", monitor._score_held_out)
+        monitor._indicators = self._part("indicators", monitor._indicators)
+        collapse.sample_continuations = self._part("sampling", collapse.sample_continuations)
+        # self_bleu is looked up in both modules: sample_indicators' own call and the hook's configured one.
+        indicators.self_bleu = self._part("self_bleu", indicators.self_bleu)
+        if hasattr(collapse, "self_bleu"):
+            collapse.self_bleu = self._part("self_bleu", collapse.self_bleu)
+        if hasattr(loop, "_write_report"):
+            loop._write_report = self._report(loop._write_report)
+
+    def _measure(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            self.evals.append(defaultdict(float))
+            self._inside = True
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._inside = False
+
+        return wrapper
+
+    def _part(self, name: str, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if self._inside:
+                    self.evals[-1][name] += time.perf_counter() - started
+
+        return wrapper
+
+    def _report(self, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.reports.append(time.perf_counter() - started)
+
+        return wrapper
+
+
+def default_config() -> tuple[Path, str]:
+    """configs/demo.yaml when the demo's cached inputs exist, else configs/tiny.yaml; and why."""
+    demo = REPO / "configs" / "demo.yaml"
+    if demo.is_file():
+        config = load_config(demo)
+        needed = [Path(config.model.name or "")] + [Path(s.path) for s in config.data.sources if s.path]
+        missing = [str(p) for p in needed if not (REPO / p).exists()]
+        if not missing:
+            return demo, "configs/demo.yaml (the demo's stage 3)"
+        return REPO / "configs" / "tiny.yaml", f"configs/tiny.yaml: demo.yaml needs `make demo`'s {', '.join(missing)}"
+    return REPO / "configs" / "tiny.yaml", "configs/tiny.yaml (no configs/demo.yaml)"
+
+
+def epoch_rows(events: list[dict[str, Any]], clock: HookClock) -> list[dict[str, Any]]:
+    """Per eval: its seconds and parts, the report after it, and the training time of the epoch it closes."""
+    train = [e for e in events if e["event"] == "train"]
+    rows = []
+    for index, ev in enumerate(e for e in events if e["event"] == "eval"):
+        row: dict[str, Any] = {"epoch": ev["epoch"], "eval_s": ev["seconds"], **(clock.evals[index])}
+        row["report_s"] = clock.reports[index] if index < len(clock.reports) else None
+        steps = [e for e in train if e["epoch"] == ev["epoch"]] if ev["epoch"] else []
+        if len(steps) >= 2:
+            span = steps[-1]["time"] - steps[0]["time"]
+            row["train_s"] = span * len(steps) / (len(steps) - 1)  # the first step ran before its timestamp
+            row["steps"] = len(steps)
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def s(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
+    lines = [
+        "| epoch | steps | training s | eval s | held-out scoring s | sampling s | indicators s (self_bleu) "
+        "| report s | eval / training | eval + report / training |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        train_s = r.get("train_s")
+        share = f"{100 * r['eval_s'] / train_s:.1f}%" if train_s else "— (baseline, once)"
+        with_report = f"{100 * (r['eval_s'] + (r['report_s'] or 0)) / train_s:.1f}%" if train_s else "—"
+        lines.append(
+            f"| {r['epoch']} | {r.get('steps', '—')} | {s(train_s)} | {s(r['eval_s'])} | {s(r.get('held_out'))} "
+            f"| {s(r.get('sampling'))} | {s(r.get('indicators'))} ({s(r.get('self_bleu'))}) | {s(r['report_s'])} "
+            f"| {share} | {with_report} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average {load}{gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def settings(config: RunConfig) -> str:
+    c = config.collapse
+    return (
+        f"num_prompts {c.num_prompts}, prompt_tokens {c.prompt_tokens}, max_new_tokens {c.sampling.max_new_tokens}, "
+        f"sampling batch {c.sampling.batch_size}, max_eval_texts {c.max_eval_texts}, eval_seq_len {c.eval_seq_len}, "
+        f"self_bleu_samples {c.self_bleu_samples}; train batch {config.train.per_device_train_batch_size} x "
+        f"{config.train.seq_len}, {config.train.epochs} epoch(s)"
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="run config (default: demo.yaml if cached, else tiny.yaml)")
+    parser.add_argument("--epochs", type=int, default=1, help="train.epochs for the run (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 0 keeps torch's default (default 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the run folder and print where it is")
+    args, overrides = parser.parse_known_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path, why = (args.config.resolve(), str(args.config)) if args.config else default_config()
+    os.chdir(REPO)  # configs name their inputs relative to the repository
+    out = Path(tempfile.mkdtemp(prefix="bench-collapse-"))
+    config = load_config(
+        path, ["--output_dir", str(out / "run"), "--train.epochs", str(args.epochs), "--train.progress", "false"]
+        + overrides
+    )  # fmt: skip
+    clock = HookClock()
+    clock.install()
+    print(f"config: {why}; overrides: {' '.join(overrides) or 'none'}", flush=True)
+    print(f"hook: {settings(config)}", flush=True)
+    started = time.perf_counter()
+    loop.train(config)
+    total = time.perf_counter() - started
+    rows = epoch_rows(read_events(out / "run" / METRICS), clock)
+    print(f"\n{datetime.date.today().isoformat()} | {machine()}")
+    print(f"run: {total:.1f} s in all\n")
+    print(table(rows))
+    epochs = [r for r in rows if r.get("train_s")]
+    if epochs:
+        share = sum(r["eval_s"] for r in epochs) / sum(r["train_s"] for r in epochs)
+        print(f"\nhook per epoch: {100 * share:.1f}% of the epoch's training time (target < 10%)")
+    if args.keep:
+        print(f"run folder: {out / 'run'}")
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
