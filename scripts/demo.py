@@ -30,7 +30,7 @@ from trainer.loop import train
 DEMO_CACHE = Path(".cache/synthmix/demo")
 BASE = DEMO_CACHE / "base"
 SYNTHETIC = DEMO_CACHE / "synthetic.jsonl"
-SYNTHETIC_SAMPLES = 1600
+SYNTHETIC_SAMPLES = 1000
 SAMPLING = SamplingConfig(max_new_tokens=112, temperature=1.0, batch_size=64, seed=0)
 
 

@@ -92,7 +92,7 @@ def main() -> None:
     """Run, tabulate, plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/recursive.yaml")
-    parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--strategies", nargs="+", default=["replace", "accumulate"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/recursive-experiment"))

@@ -84,12 +84,16 @@ def _sample_corpus(exp: Experiment, generation: int, real_texts: list[str], out:
     """Generation g's corpus, sampled from generation g-1 (the base model, or base + its adapter)."""
     base = exp.config.model.name
     tokenizer = AutoTokenizer.from_pretrained(exp.config.tokenizer.name or base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    name = str(base)
-    if generation > 1:
-        adapter = exp.run_dir / f"gen-{generation - 1}" / "adapter"
-        model = PeftModel.from_pretrained(model, str(adapter))
-        name = f"{base} + adapter {adapter}"
+    previous = exp.run_dir / f"gen-{generation - 1}"
+    if generation > 1 and (previous / "model").is_dir():  # lora.r: 0 trains, and saves, the whole model
+        model = AutoModelForCausalLM.from_pretrained(str(previous / "model"), dtype=torch.float32)
+        name = str(previous / "model")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        name = str(base)
+        if generation > 1:
+            model = PeftModel.from_pretrained(model, str(previous / "adapter"))
+            name = f"{base} + adapter {previous / 'adapter'}"
     if torch.cuda.is_available():
         model = model.to("cuda")
     sampling = dataclasses.replace(exp.sampling, seed=exp.sampling.seed + 1000 * generation)
