@@ -79,6 +79,7 @@ def plot(results: dict, path: Path) -> None:
             x = np.arange(count)
             ax.plot(x, values.mean(axis=0), marker="o", label=strategy)
             ax.fill_between(x, values.min(axis=0), values.max(axis=0), alpha=0.2)
+        ax.set_xticks(x)
         ax.set_title(name)
         ax.set_xlabel("generation")
         ax.grid(alpha=0.3)
