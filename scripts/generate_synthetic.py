@@ -18,7 +18,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainer.errors import TrainerError  # noqa: E402
-from trainer.generation import GenerationError, SamplingConfig, generate_corpus  # noqa: E402
+from trainer.generation import (  # noqa: E402
+    GenerationError,
+    SamplingConfig,
+    add_sampling_arguments,
+    generate_corpus,
+    sampling_from_args,
+)
 
 
 def read_prompt_texts(path: Path, text_field: str) -> list[str]:
@@ -97,20 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub to run")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    defaults = SamplingConfig()
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=defaults.temperature, help="0 means greedy")
-    p.add_argument("--top-p", type=float, default=defaults.top_p)
-    p.add_argument("--top-k", type=int, default=defaults.top_k, help="0 is off")
-    p.add_argument("--num-beams", type=int, default=defaults.num_beams)
-    p.add_argument(
-        "--do-sample",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.do_sample,
-        help="--no-do-sample decodes greedily, or with beam search when --num-beams > 1",
-    )
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    add_sampling_arguments(p, SamplingConfig(max_new_tokens=128))
+    p.add_argument("--seed", type=int, default=SamplingConfig().seed)
     return p.parse_args(argv)
 
 
@@ -125,16 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; input problems print one line and return exit code 2."""
     args = parse_args(argv)
     try:
-        sampling = SamplingConfig(
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            num_beams=args.num_beams,
-            do_sample=args.do_sample,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
+        sampling = sampling_from_args(args, args.seed)
         texts = read_prompt_texts(args.prompts, args.text_field)
         model, tokenizer = load_model(
             args.model, args.tokenizer or args.model, args.adapter, args.trust_remote_code, args.device

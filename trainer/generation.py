@@ -6,6 +6,7 @@ eval hook that samples mid-training does not change what a resumed run computes.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -63,6 +64,36 @@ class SamplingConfig:
     def greedy(self) -> bool:
         """True when decoding takes the most likely token (or beam) instead of sampling."""
         return not self.do_sample or self.temperature == 0
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: SamplingConfig) -> None:
+    """Command-line flags for every SamplingConfig field but the seed (its default differs per tool)."""
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 means greedy")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="0 is off")
+    parser.add_argument("--num-beams", type=int, default=defaults.num_beams)
+    parser.add_argument(
+        "--do-sample",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.do_sample,
+        help="--no-do-sample decodes greedily, or with beam search when --num-beams > 1",
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+
+
+def sampling_from_args(args: argparse.Namespace, seed: int) -> SamplingConfig:
+    """The SamplingConfig the flags of `add_sampling_arguments` describe."""
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        num_beams=args.num_beams,
+        do_sample=args.do_sample,
+        batch_size=args.batch_size,
+        seed=seed,
+    )
 
 
 def sample_continuations(

@@ -34,7 +34,7 @@ from data_mixers.corpus import real_training_texts
 from data_mixers.errors import MixerError
 from trainer.config import RunConfig, load_config
 from trainer.errors import TrainerError
-from trainer.generation import SamplingConfig, generate_corpus
+from trainer.generation import SamplingConfig, add_sampling_arguments, generate_corpus, sampling_from_args
 from trainer.loop import train
 from trainer.run_log import METRICS, read_events
 
@@ -181,11 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-fraction", type=float, default=0.2, help="fixed_real: share of real data")
     parser.add_argument("--samples", type=int, help="texts sampled per generation (default: as many as real)")
     parser.add_argument("--run-dir", type=Path, help="default: OUTPUT_DIR/<strategy>")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=112)
+    # Truncated sampling by default: it cuts each generation's tail, so collapse shows within a few generations.
+    add_sampling_arguments(parser, SamplingConfig(max_new_tokens=112, top_p=0.9))
     parser.add_argument("--debug", action="store_true")
     args, overrides = parser.parse_known_args(argv)
     try:
@@ -207,15 +204,7 @@ def _experiment(args: argparse.Namespace, overrides: list[str]) -> Experiment:
         raise TrainerError(f"--real-fraction: must be in (0, 1), got {args.real_fraction}")
     config = load_config(args.config, overrides)
     samples = args.samples or len(real_training_texts(config.data))
-    sampling = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        num_beams=args.num_beams,
-        do_sample=args.num_beams == 1,
-        seed=config.seed,
-    )
+    sampling = sampling_from_args(args, seed=config.seed)
     run_dir = args.run_dir or Path(config.output_dir) / args.strategy
     return Experiment(config, run_dir, args.generations, args.strategy, args.real_fraction, samples, sampling)
 
