@@ -30,7 +30,7 @@ from trainer.loop import train
 DEMO_CACHE = Path(".cache/synthmix/demo")
 BASE = DEMO_CACHE / "base"
 SYNTHETIC = DEMO_CACHE / "synthetic.jsonl"
-SYNTHETIC_SAMPLES = 1000
+SYNTHETIC_SAMPLES = 1200  # ~110k tokens: the 0.5 ratio needs ~91k, and samples may stop early at eos
 SAMPLING = SamplingConfig(max_new_tokens=112, temperature=1.0, batch_size=64, seed=0)
 
 
@@ -78,6 +78,10 @@ def fine_tune(overrides: list[str]) -> Path:
     return train(config)
 
 
+def _lines(path: Path) -> int:
+    return sum(1 for _ in path.open(encoding="utf-8")) if path.is_file() else 0
+
+
 def main(argv: list[str]) -> int:
     """Run the stages that are not cached yet, then print where the results are."""
     started = time.time()
@@ -87,7 +91,7 @@ def main(argv: list[str]) -> int:
             pretrain_base()
         else:
             print(f"[1/3] base model: cached in {BASE}")
-        if not SYNTHETIC.is_file():
+        if _lines(SYNTHETIC) < SYNTHETIC_SAMPLES:
             print(f"[2/3] sampling {SYNTHETIC_SAMPLES} synthetic passages from the base model", flush=True)
             generate_synthetic()
         else:
