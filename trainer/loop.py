@@ -298,6 +298,7 @@ def train_step(run: Run) -> dict[str, Any]:
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask(run.compute_dtype),
                 position_ids=batch.position_ids,
+                use_cache=False,
             ).logits
             nll = token_losses(logits, batch.labels)
             # DDP averages gradients over processes, so scale by their number to get the global token mean.
