@@ -25,6 +25,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_mixer.py
+	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_collapse.py --epochs 2
 
 inspect: $(STAMP)
 	$(PY) -m data_mixers inspect --config configs/tiny.yaml
