@@ -91,8 +91,11 @@ def pack_rows(rows: list[list[Example]], seq_len: int, pad_id: int) -> PackedBat
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-position negative log-likelihood [B, L-1] in float32 (0 where the label is ignored)."""
-    shifted = labels[:, 1:]
+    # Over the contiguous [B*L, V] logits with labels shifted left (the last position gets IGNORE): slicing
+    # logits[:, :-1] and moving the vocabulary to dim 1 costs a strided log-softmax and, backward, a zero-filled
+    # copy of the whole logits tensor.
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
     nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=IGNORE, reduction="none"
+        logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="none"
     )
-    return nll
+    return nll.view(labels.shape)[:, :-1]
