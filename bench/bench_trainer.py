@@ -1,0 +1,569 @@
+"""Our trainer against TRL's SFTTrainer on the same LoRA job: tokens/s and peak memory, side by side.
+
+    .venv/bin/python bench/bench_trainer.py                  # CPU, tiny Llama, 16 x 256, 3 + 30 steps (~3 min)
+    .venv/bin/python bench/bench_trainer.py --model qwen2.5-0.5b-arch --device cuda   # bf16, 4 x 2048, with MFU
+
+Same model (one config, one seed), same token stream (the mixer's epoch of python_docs + tiny_synthetic, with
+a BPE trained locally), same LoRA (r 8, alpha 16, dropout 0.05, q/k/v/o), same rows x length, same optimizer
+steps. Each trainer runs in its own subprocess so that peak memory does not mix; the parent prints the table.
+
+Our trainer is timed through its public API: `trainer.loop.setup`, then `train_step(run)` called directly (the
+body of `fit`, without its logging and progress bar). TRL runs `SFTTrainer.train()` in its fastest
+configuration: packing with strategy "wrapped" (fixed rows of `max_length`, plain causal attention over the
+whole row, so documents are not isolated; "bfd", padding-free rows that isolate documents, is much slower on
+CPU with sdpa and runs only when asked: `--trainers ours,trl-wrapped,trl-bfd`), no eval, no saving, no
+reporting, logging every 10^6 steps.
+TRL 1.16 computes entropy and token accuracy in its fused LM head on every step; no option turns that off.
+
+Tokens are the non-padding input tokens of the batches each trainer actually received, counted per step; the
+first `--warmup` steps are excluded from time and tokens. Peak memory is the peak RSS of the training phase
+(Linux: the high-water mark is reset with /proc/self/clear_refs before the first step) minus the RSS then;
+on CUDA also the peak of allocated GPU memory minus the allocation before the first step.
+
+FLOPs per trained token (used for achieved FLOP/s and MFU):
+    4 * N  +  6 * N_lora  +  6 * L * s * d
+N: frozen base parameters that multiply activations (all but the input embedding; a tied embedding counts,
+as the LM head): forward 2N, backward activation gradients 2N, no weight gradients. N_lora: the adapters,
+forward, input and weight gradients. Attention: QK^T and AV cost 4*s*d per token and layer forward, halved for
+a causal mask, times 3 for forward + backward: 6*L*s*d, with s the row length and d = heads * head_dim.
+MFU = achieved FLOP/s / peak (H100 SXM bf16 dense: 989e12 FLOP/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT_PREFIX = "BENCH-RESULT "
+H100_BF16_DENSE = 989e12
+TRAINERS = ("ours", "trl-wrapped", "trl-bfd")
+
+MODELS = {
+    # Llama-style, 3.4 M parameters with the 4096-token vocabulary (hidden 256, 4 layers, 4 heads of 64).
+    "tiny-llama": {
+        "arch": {
+            "model_type": "llama",
+            "hidden_size": 256,
+            "intermediate_size": 688,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+        },
+        "batch": 16,
+        "seq_len": 256,
+    },
+    # Qwen2.5-0.5B's dimensions (its config.json), random weights; our 4096-token BPE uses the first ids only.
+    "qwen2.5-0.5b-arch": {
+        "arch": {
+            "model_type": "qwen2",
+            "hidden_size": 896,
+            "intermediate_size": 4864,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 14,
+            "num_key_value_heads": 2,
+            "vocab_size": 151936,
+            "tie_word_embeddings": True,
+            "rope_theta": 1000000.0,
+            "rms_norm_eps": 1e-6,
+            "max_position_embeddings": 32768,
+        },
+        "batch": 4,
+        "seq_len": 2048,
+    },
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; `--worker` is how the parent starts one trainer in a subprocess."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=tuple(MODELS), default="tiny-llama")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch", type=int, help="rows per step (default: the model's preset)")
+    parser.add_argument("--seq-len", type=int, help="tokens per row (default: the model's preset)")
+    parser.add_argument("--warmup", type=int, default=3, help="steps run first and left out of the timing")
+    parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
+    parser.add_argument("--trainers", default="ours,trl-wrapped", help=f"comma-separated, from {TRAINERS}")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads in every worker (default: torch's)")
+    parser.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run the trainers at the same time, one thread each, released together after set-up: on a machine "
+        "shared with other jobs both then see the same load (the ratio is fair; absolute numbers are per core)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    preset = MODELS[args.model]
+    args.batch = args.batch or preset["batch"]
+    args.seq_len = args.seq_len or preset["seq_len"]
+    if args.concurrent and not args.threads:
+        args.threads = 1
+    return args
+
+
+def run_overrides(args: argparse.Namespace, output_dir: str) -> list[str]:
+    """The run config both trainers share, as `trainer.config.load_config` overrides."""
+    sources = [
+        {"name": "python-docs", "kind": "real", "builtin": "python_docs"},
+        {"name": "tiny-synthetic", "kind": "synthetic", "path": str(REPO / "data/tiny_synthetic.jsonl")},
+    ]
+    if (args.warmup + args.steps) * args.batch * args.seq_len > 140_000:  # one epoch of python_docs holds ~148k
+        sources.insert(1, {"name": "python-docstrings", "kind": "real", "builtin": "python_docstrings"})
+    arch = {"max_position_embeddings": args.seq_len, **MODELS[args.model]["arch"]}
+    values = {
+        "output_dir": output_dir,
+        "seed": 0,
+        "tokenizer.vocab_size": 4096,
+        "tokenizer.cache_dir": str(REPO / ".cache/synthmix"),
+        "data.sources": sources,
+        "data.synthetic_ratio": 0.24,
+        "data.allow_repeat": True,
+        "data.dedup": False,
+        "data.held_out.fraction": 0.0,  # every token of the files trains: more steps/epoch
+        "model.arch": arch,
+        "model.attn_implementation": "sdpa",
+        "lora.r": 8,
+        "lora.alpha": 16,
+        "lora.dropout": 0.05,
+        "lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "train.epochs": 1,
+        "train.per_device_train_batch_size": args.batch,
+        "train.seq_len": args.seq_len,
+        "train.gradient_accumulation_steps": 1,
+        "train.learning_rate": 2e-4,
+        "train.max_grad_norm": 1.0,
+        "train.progress": False,
+        "train.log_every_steps": 1_000_000,
+    }
+    from trainer.config import RunConfig
+
+    if hasattr(RunConfig(), "collapse"):
+        values["collapse.enabled"] = False  # the collapse hook evaluates held-out text: not training
+    return [item for key, value in values.items() for item in (f"--{key}", json.dumps(value))]
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def rss_bytes() -> int:
+    """Resident set size now."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (what getrusage's ru_maxrss reads), so the peak is this phase's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def wait_for_start() -> None:
+    """In --concurrent mode: say this worker is set up, then wait until the parent releases every worker."""
+    folder = os.environ.get("BENCH_BARRIER")
+    if not folder:
+        return
+    Path(folder, f"ready-{os.getpid()}").touch()
+    while not Path(folder, "go").exists():
+        time.sleep(0.02)
+
+
+class Meter:
+    """Peak memory of the training phase: RSS (and GPU memory on CUDA) from `start()` to `stop()`."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda"
+
+    def start(self) -> None:
+        import torch
+
+        wait_for_start()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.gpu_start = torch.cuda.memory_allocated()
+        self.peak_reset = reset_peak_rss()
+        self.rss_start = rss_bytes()
+
+    def stop(self) -> dict:
+        import torch
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out = {
+            "rss_start_mib": self.rss_start / 2**20,
+            "peak_rss_mib": peak / 2**20,
+            "peak_rss_delta_mib": (peak - self.rss_start) / 2**20,
+            "peak_reset": self.peak_reset,
+        }
+        if self.cuda:
+            out["gpu_peak_delta_mib"] = (torch.cuda.max_memory_allocated() - self.gpu_start) / 2**20
+        return out
+
+
+def flops_per_token(model, seq_len: int) -> dict:
+    """The module docstring's FLOPs per trained token, from the model as built (LoRA-wrapped)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    embed = base.get_input_embeddings().weight.numel()
+    matmul = frozen if getattr(cfg, "tie_word_embeddings", False) else frozen - embed
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attention = 6 * cfg.num_hidden_layers * seq_len * cfg.num_attention_heads * head_dim
+    return {
+        "base_parameters": frozen,
+        "lora_parameters": lora,
+        "matmul_parameters": matmul,
+        "flops_per_token": 4 * matmul + 6 * lora + attention,
+    }
+
+
+def weight_checksum(model) -> float:
+    """Sum of the base weights: equal across workers when both built the same model."""
+    return float(sum(p.double().sum() for n, p in model.named_parameters() if "lora_" not in n))
+
+
+def clock() -> tuple[float, float]:
+    """Wall time and this process's CPU time (user + system, all threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), usage.ru_utime + usage.ru_stime
+
+
+def summarize(clocks: list[tuple[float, float]], tokens: list[int], args: argparse.Namespace) -> dict:
+    """Timed steps are those after the warm-up: time from the end of step `warmup` to the end of the last.
+
+    CPU seconds are reported too: on a machine shared with other jobs they move much less than wall time."""
+    times = [wall for wall, _ in clocks]
+    first = clocks[args.warmup - 1] if args.warmup else clocks[0]
+    seconds = times[-1] - first[0]
+    cpu_seconds = clocks[-1][1] - first[1]
+    timed = tokens[args.warmup :]
+    steps = [b - a for a, b in zip(times[max(args.warmup - 1, 0) :], times[max(args.warmup, 1) :])]
+    median = sorted(steps)[len(steps) // 2]  # robust to a neighbour's burst on a shared machine
+    return {
+        "steps": len(timed),
+        "tokens": sum(timed),
+        "seconds": seconds,
+        "tokens_per_s": sum(timed) / seconds,
+        "cpu_seconds": cpu_seconds,
+        "tokens_per_cpu_s": sum(timed) / cpu_seconds,
+        "median_step_s": median,
+        "median_tokens_per_s": sum(timed) / len(timed) / median,
+        "step_seconds": steps,
+        "step_tokens": timed,
+        "step_ends": times[max(args.warmup - 1, 0) :],  # perf_counter is system-wide: comparable across workers
+        "row_fill": sum(timed) / (len(timed) * args.batch * args.seq_len),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def run_ours(args: argparse.Namespace, output_dir: str) -> dict:
+    """setup() through the public API, then `train_step` warmup + steps times."""
+    import torch
+
+    from trainer.config import load_config
+    from trainer.loop import setup, train_step
+
+    run = setup(load_config(None, run_overrides(args, output_dir)), None)
+    run.mixer.set_epoch(1)
+    model = run.accelerator.unwrap_model(run.model)
+    info = {**flops_per_token(model, args.seq_len), "checksum": weight_checksum(model)}
+    meter, times, tokens = Meter(args.device), [], []
+    meter.start()
+    for _ in range(args.warmup + args.steps):
+        stats = train_step(run)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        times.append(clock())
+        tokens.append(stats["tokens_real"] + stats["tokens_synthetic"])
+    memory = meter.stop()
+    run.log.close()
+    return {**summarize(times, tokens, args), **memory, **info, "last_loss": stats["loss"]}
+
+
+def run_trl(args: argparse.Namespace, output_dir: str, strategy: str) -> dict:
+    """SFTTrainer on the mixer's epoch as a pre-tokenized dataset, in stream order (sequential sampler)."""
+    import numpy as np
+    import torch
+    from accelerate.utils import set_seed
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from data_mixers.corpus import build_corpora
+    from data_mixers.mixer import Mixer
+    from trainer.config import load_config
+    from trainer.model import build_model, resolve_dtype
+
+    config = load_config(None, run_overrides(args, output_dir))
+    set_seed(config.seed)  # the order of our setup(): seed, corpora, model, so both build the same weights
+    corpora = build_corpora(config.data, config.tokenizer)
+    model = build_model(config.model, corpora.tokenizer, resolve_dtype(config.model, args.device == "cuda"))
+    mixer = Mixer(corpora.train, config.data, config.seed, config.train.epochs)
+    mixer.set_epoch(1)
+    dataset = Dataset.from_dict({"input_ids": [piece.ids.astype(np.int64).tolist() for piece in mixer]})
+    times: list[tuple[float, float]] = []
+    batches: list[int] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            times.append(clock())
+
+    class CountingSFTTrainer(SFTTrainer):
+        def training_step(self, model, inputs, *rest, **kwargs):
+            mask = inputs.get("attention_mask")  # padding-free batches have none: every position is a token
+            batches.append(int(mask.sum()) if mask is not None else inputs["input_ids"].numel())
+            return super().training_step(model, inputs, *rest, **kwargs)
+
+    lora = config.lora
+    sft = SFTConfig(
+        output_dir=output_dir,
+        seed=config.seed,
+        use_cpu=args.device == "cpu",
+        bf16=args.device == "cuda",
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        max_steps=args.warmup + args.steps,
+        learning_rate=config.train.learning_rate,
+        max_grad_norm=config.train.max_grad_norm,
+        max_length=args.seq_len,
+        packing=True,
+        packing_strategy=strategy,
+        gradient_checkpointing=False,
+        train_sampling_strategy="sequential",
+        report_to=[],
+        logging_steps=1_000_000,
+        save_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    peft_config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+    )
+    trainer = CountingSFTTrainer(
+        model=model,
+        args=sft,
+        train_dataset=dataset,
+        processing_class=corpora.tokenizer,
+        peft_config=peft_config,
+        callbacks=[StepClock()],
+    )
+    info = {**flops_per_token(trainer.model, args.seq_len), "checksum": weight_checksum(trainer.model)}
+    meter = Meter(args.device)
+    meter.start()
+    trainer.train()
+    memory = meter.stop()
+    return {**summarize(times, batches, args), **memory, **info}
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """Run one trainer; the result carries what the parent prints."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output_dir = tempfile.mkdtemp(prefix=f"bench-{args.worker}-")
+    try:
+        if args.worker == "ours":
+            result = run_ours(args, output_dir)
+        else:
+            result = run_trl(args, output_dir, args.worker.removeprefix("trl-"))
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return {"trainer": args.worker, "threads": torch.get_num_threads(), **result}
+
+
+# ---------------------------------------------------------------------------------------------- the parent
+def machine() -> dict:
+    """Where the numbers come from."""
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    info = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    for package in ("transformers", "peft", "accelerate", "trl"):
+        info[package] = __import__(package).__version__
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def start_worker(name: str, argv: list[str], barrier: str | None) -> subprocess.Popen:
+    """One trainer in a fresh interpreter (output collected by `collect`)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+    }
+    if barrier:
+        env["BENCH_BARRIER"] = barrier
+    command = [sys.executable, __file__, *argv, "--worker", name]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def collect(name: str, proc: subprocess.Popen) -> dict:
+    """The worker's result: its last stdout line starting with RESULT_PREFIX."""
+    stdout, stderr = proc.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def run_concurrently(names: list[str], argv: list[str]) -> list[dict]:
+    """Start every worker, release them together once all are set up, collect their results."""
+    with tempfile.TemporaryDirectory(prefix="bench-barrier-") as barrier:
+        procs = [start_worker(name, argv, barrier) for name in names]
+        while len(list(Path(barrier).glob("ready-*"))) < len(procs):
+            if any(p.poll() is not None for p in procs):
+                break  # a worker died during set-up; collect() reports it
+            time.sleep(0.05)
+        Path(barrier, "go").touch()
+        return [collect(name, proc) for name, proc in zip(names, procs)]
+
+
+def pool(runs: list[dict], mem: str) -> dict:
+    """One trainer's runs together: tokens over seconds, the median of every timed step, the largest peak."""
+    tokens, steps = sum(r["tokens"] for r in runs), sum(r["steps"] for r in runs)
+    step_times = sorted(t for r in runs for t in r["step_seconds"])
+    return {
+        "runs": len(runs),
+        "tokens_per_s": tokens / sum(r["seconds"] for r in runs),
+        "median_tokens_per_s": tokens / steps / step_times[len(step_times) // 2],
+        "tokens_per_cpu_s": tokens / sum(r["cpu_seconds"] for r in runs),
+        mem: max(r[mem] for r in runs),
+    }
+
+
+def overlap_tokens_per_s(results: list[dict]) -> list[float]:
+    """Each worker's tokens/s over the timed steps it finished while every worker was still running: in
+    --concurrent mode the faster trainer stops first and the slower one then has the machine alone."""
+    end = min(r["step_ends"][-1] for r in results)
+    rates = []
+    for r in results:
+        ends = [t for t in r["step_ends"][1:] if t <= end]
+        rates.append(sum(r["step_tokens"][: len(ends)]) / (ends[-1] - r["step_ends"][0]) if ends else float("nan"))
+    return rates
+
+
+def report(results: list[dict], args: argparse.Namespace, info: dict) -> str:
+    """The table and the ratios of ours to the fastest TRL configuration."""
+    cuda = args.device == "cuda"
+    lines = [
+        f"| trainer | steps | tokens | wall s | tokens/s | tokens/s (median step) | CPU s | tokens/CPU-s "
+        f"| row fill | peak RSS delta MiB | GFLOP/s{' | MFU | GPU peak delta MiB' if cuda else ''} |",
+        "|---" + "|---:" * (10 + 2 * cuda) + "|",
+    ]
+    for r in results:
+        flops = r["tokens_per_s"] * r["flops_per_token"]
+        row = (
+            f"| {r['trainer']} | {r['steps']} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} "
+            f"| {r['median_tokens_per_s']:,.0f} | {r['cpu_seconds']:.1f} | {r['tokens_per_cpu_s']:,.0f} "
+            f"| {r['row_fill']:.3f} | {r['peak_rss_delta_mib']:.0f} | {flops / 1e9:.1f}"
+        )
+        if cuda:
+            row += f" | {flops / H100_BF16_DENSE:.1%} | {r['gpu_peak_delta_mib']:.0f}"
+        lines.append(row + " |")
+    mem = "gpu_peak_delta_mib" if cuda else "peak_rss_delta_mib"
+    pooled = {
+        name: pool([r for r in results if r["trainer"] == name], mem)
+        for name in dict.fromkeys(r["trainer"] for r in results)
+    }
+    ours = pooled.get("ours")
+    for name, peer in sorted(pooled.items(), key=lambda item: -item[1]["tokens_per_s"]):
+        if ours and name != "ours":
+            ratio = {
+                key: ours[key] / peer[key] for key in ("tokens_per_s", "median_tokens_per_s", "tokens_per_cpu_s", mem)
+            }
+            runs = f" (runs pooled: {ours['runs']} and {peer['runs']})" if ours["runs"] > 1 or peer["runs"] > 1 else ""
+            lines.append(
+                f"\nours / {name}{runs}: tokens/s x{ratio['tokens_per_s']:.2f} (median step "
+                f"x{ratio['median_tokens_per_s']:.2f}, per CPU-second x{ratio['tokens_per_cpu_s']:.2f}), "
+                f"peak memory x{ratio[mem]:.2f}"
+            )
+    if args.concurrent and ours and len(results) == 2:
+        both = dict(zip((r["trainer"] for r in results), overlap_tokens_per_s(results)))
+        peer = next(name for name in both if name != "ours")
+        lines.append(
+            f"while both ran: ours {both['ours']:,.0f} tokens/s, {peer} {both[peer]:,.0f} tokens/s, "
+            f"x{both['ours'] / both[peer]:.2f}"
+        )
+    same = len({round(r["checksum"], 3) for r in results}) == 1
+    lines.append(
+        f"\nsame base weights in every worker: {same}; torch threads: "
+        f"{', '.join(str(r['trainer']) + ' ' + str(r['threads']) for r in results)}; FLOPs/token "
+        f"{results[0]['flops_per_token'] / 1e6:.1f} M (N {results[0]['matmul_parameters']:,}, "
+        f"N_lora {results[0]['lora_parameters']:,})"
+    )
+    lines.append(
+        f"machine: {info['cpu']}, {info['cores']} cores{', ' + info['gpu'] if 'gpu' in info else ''}; "
+        f"load average {info['load_before']} before, {info['load_after']} after; {info['date']}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parent: spawn each trainer in turn, then print the table (and write --json)."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker:
+        print(RESULT_PREFIX + json.dumps(worker(args)), flush=True)
+        return
+    info = machine()
+    info["load_before"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"{args.model} on {args.device}: {args.batch} x {args.seq_len}, {args.warmup} warm-up + {args.steps} "
+        f"timed steps{'; concurrently' if args.concurrent else ''}; {info['cpu']}, {info['cores']} cores, "
+        f"load {info['load_before']}",
+        flush=True,
+    )
+    names = args.trainers.split(",")
+    if args.concurrent:
+        results = run_concurrently(names, argv)
+    else:
+        results = [collect(name, start_worker(name, argv, None)) for name in names]
+    for r in results:
+        print(f"  {r['trainer']}: {r['tokens_per_s']:,.0f} tokens/s", flush=True)
+    info["load_after"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(report(results, args, info))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"machine": info, "args": vars(args) | {"json": str(args.json)}, "results": results},
+                indent=2,
+                default=str,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
