@@ -1,6 +1,8 @@
 """Our trainer against TRL's SFTTrainer on the same LoRA job: tokens/s and peak memory, side by side.
 
-    .venv/bin/python bench/bench_trainer.py                  # CPU, tiny Llama, 16 x 256, 3 + 30 steps (~3 min)
+    .venv/bin/python bench/bench_trainer.py                  # CPU, tiny Llama, 16 x 256, 3 + 30 steps (~1.5 min)
+    .venv/bin/python bench/bench_trainer.py --concurrent     # side by side, 1 thread each (a machine shared with
+                                                             # other jobs: both trainers see the same load)
     .venv/bin/python bench/bench_trainer.py --model qwen2.5-0.5b-arch --device cuda   # bf16, 4 x 2048, with MFU
 
 Same model (one config, one seed), same token stream (the mixer's epoch of python_docs + tiny_synthetic, with
