@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(VENV)/bin/synthmix demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -29,7 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_collapse.py --epochs 2
 
 inspect: $(STAMP)
-	$(PY) -m data_mixers inspect --config configs/tiny.yaml
+	$(VENV)/bin/synthmix inspect --config configs/tiny.yaml
 
 clean:
 	rm -rf $(VENV) .cache runs

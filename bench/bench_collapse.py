@@ -60,10 +60,7 @@ class HookClock:
         monitor._score_held_out = self._part("held_out", monitor._score_held_out)
         monitor._indicators = self._part("indicators", monitor._indicators)
         collapse.sample_continuations = self._part("sampling", collapse.sample_continuations)
-        # self_bleu is looked up in both modules: sample_indicators' own call and the hook's configured one.
-        indicators.self_bleu = self._part("self_bleu", indicators.self_bleu)
-        if hasattr(collapse, "self_bleu"):
-            collapse.self_bleu = self._part("self_bleu", collapse.self_bleu)
+        indicators.self_bleu = self._part("self_bleu", indicators.self_bleu)  # computed once per eval
         if hasattr(loop, "_write_report"):
             loop._write_report = self._report(loop._write_report)
 

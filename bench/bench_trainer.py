@@ -301,14 +301,13 @@ def run_trl(args: argparse.Namespace, output_dir: str, strategy: str) -> dict:
     import torch
     from accelerate.utils import set_seed
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from data_mixers.corpus import build_corpora
     from data_mixers.mixer import Mixer
     from trainer.config import load_config
-    from trainer.model import build_model, resolve_dtype
+    from trainer.model import build_model, peft_lora_config, resolve_dtype
 
     config = load_config(None, run_overrides(args, output_dir))
     set_seed(config.seed)  # the order of our setup(): seed, corpora, model, so both build the same weights
@@ -355,13 +354,7 @@ def run_trl(args: argparse.Namespace, output_dir: str, strategy: str) -> dict:
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    peft_config = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-    )
+    peft_config = peft_lora_config(lora)
     trainer = CountingSFTTrainer(
         model=model,
         args=sft,

@@ -112,12 +112,6 @@ def real_training_texts(data: DataConfig, base_dir: Path | None = None) -> list[
 
 def _training_order(sources: list[SourceConfig]) -> list[SourceConfig]:
     # Real sources first, so that a text present in both a real and a synthetic source counts as real.
-    names = [s.name for s in sources]
-    for name in names:
-        if not name:
-            raise MixerError("data.sources: every source needs a `name`")
-        if names.count(name) > 1:
-            raise MixerError(f"data.sources: the name {name!r} is used twice")
     return sorted(sources, key=lambda s: s.kind != "real")
 
 

@@ -1,9 +1,7 @@
-"""The one exception type of data_mixers, raised for every input the user can fix."""
+"""The one exception type of data_mixers, raised for every data problem the user can fix."""
+
+from synthmix.errors import UserError
 
 
-class MixerError(Exception):
-    """A problem with the data or the data configuration, phrased for the user (file, line, key)."""
-
-
-class ConfigError(MixerError):
-    """A configuration file or override that does not match the typed schema."""
+class MixerError(UserError):
+    """A problem with the data or the data configuration, phrased for the user (source, file, line, key)."""

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from data_mixers.config import DataConfig
+from data_mixers.config import KINDS, DataConfig
 from data_mixers.corpus import Corpus
 from data_mixers.errors import MixerError
 from data_mixers.schedules import ratio_for_epoch
 
-KINDS = ("real", "synthetic")
 _DRAW, _ORDER = 1, 2  # seed-sequence purposes, so each random choice has its own stream
 
 
@@ -40,11 +39,28 @@ class Example:
 
 
 @dataclasses.dataclass(frozen=True)
+class PlanSettings:
+    """Everything an epoch's plan depends on besides the data. Frozen when the epoch starts and saved with the
+    stream position, so a resume with changed settings finishes the epoch under way with the plan it started
+    with (every real example still exactly once); the new values take effect from the next epoch."""
+
+    target_ratio: float
+    unit: str
+    stratify: bool
+    allow_repeat: bool
+    seed: int
+    weights: tuple[tuple[str, float | None], ...]
+    """(source name, weight) of every source of the config."""
+
+
+@dataclasses.dataclass(frozen=True)
 class EpochPlan:
     """The ordered examples of one epoch: corpus number, example row and tokens taken, per entry."""
 
     epoch: int
     target_ratio: float
+    budgets: dict[str, int]
+    """Units (data.unit) planned per kind: the real budget, and the synthetic budget the ratio asks for."""
     corpus: np.ndarray
     row: np.ndarray
     n_tokens: np.ndarray
@@ -84,24 +100,36 @@ class Mixer:
         self.position = 0
         self.token_offset = 0
         self.ratio_scale = 1.0
-        self.epoch_ratio_scale = 1.0  # the current epoch's: `reduce_ratio` never re-plans an epoch under way
-        self._cache: dict[tuple[int, float], EpochPlan] = {}
+        self._frozen: PlanSettings | None = None  # the settings of the epoch under way, once it has started
+        self._cache: dict[tuple[int, PlanSettings], EpochPlan] = {}
         _check_kinds_present(corpora, data, epochs)
         _check_no_empty_examples(corpora)
+        self._frozen = self.settings(1)
 
     # ------------------------------------------------------------ planning
+    def settings(self, epoch: int) -> PlanSettings:
+        """The settings `epoch` is planned with: frozen for the epoch under way, else from the config now."""
+        if epoch == self.epoch and self._frozen is not None:
+            return self._frozen
+        ratio = float(np.clip(ratio_for_epoch(self.data, epoch, self.epochs) * self.ratio_scale, 0.0, 1.0))
+        return PlanSettings(
+            target_ratio=ratio,
+            unit=self.data.unit,
+            stratify=self.data.stratify,
+            allow_repeat=self.data.allow_repeat,
+            seed=self.seed,
+            weights=tuple((s.name, s.weight) for s in self.data.sources),
+        )
+
     def target_ratio(self, epoch: int) -> float:
         """The synthetic ratio epoch `epoch` is planned with: the schedule's value times the ratio scale."""
-        return float(np.clip(ratio_for_epoch(self.data, epoch, self.epochs) * self._scale(epoch), 0.0, 1.0))
-
-    def _scale(self, epoch: int) -> float:
-        return self.epoch_ratio_scale if epoch == self.epoch else self.ratio_scale
+        return self.settings(epoch).target_ratio
 
     def plan(self, epoch: int) -> EpochPlan:
         """The global plan of `epoch` (all ranks), computed once and cached."""
-        key = (epoch, self._scale(epoch))
+        key = (epoch, self.settings(epoch))
         if key not in self._cache:
-            self._cache = {key: self._make_plan(epoch)}
+            self._cache = {key: self._make_plan(epoch, key[1])}
         return self._cache[key]
 
     def shard_plan(self, epoch: int) -> EpochPlan:
@@ -113,81 +141,79 @@ class Mixer:
         plan = self.plan(epoch)
         return [int(plan.n_tokens[r :: self.world_size].sum()) for r in range(self.world_size)]
 
-    def _make_plan(self, epoch: int) -> EpochPlan:
-        ratio = self.target_ratio(epoch)
+    def _make_plan(self, epoch: int, settings: PlanSettings) -> EpochPlan:
+        ratio = settings.target_ratio
         real = [i for i, c in enumerate(self.corpora) if c.kind == "real"]
         synthetic = [i for i, c in enumerate(self.corpora) if c.kind == "synthetic"]
         _check_ratio_feasible(ratio, real, synthetic, epoch)
         if ratio >= 1.0:
-            real_budget, synthetic_budget = 0, sum(self._size(i) for i in synthetic)
+            real_budget, synthetic_budget = 0, sum(self._size(i, settings) for i in synthetic)
         else:
-            real_budget = sum(self._size(i) for i in real)
+            real_budget = sum(self._size(i, settings) for i in real)
             synthetic_budget = int(round(real_budget * ratio / (1.0 - ratio)))
         parts = []
         for ids, budget in ((real, real_budget), (synthetic, synthetic_budget)):
-            for i, share in zip(ids, self._split(ids, budget)):
-                parts.append(self._draw(i, share, epoch))
+            for i, share in zip(ids, self._split(ids, budget, settings)):
+                parts.append(self._draw(i, share, epoch, settings))
         corpus = np.concatenate([np.full(len(rows), i, np.int32) for i, rows, _ in parts])
         row = np.concatenate([rows for _, rows, _ in parts]).astype(np.int64)
         n_tokens = np.concatenate([tokens for _, _, tokens in parts]).astype(np.int64)
         is_synthetic = np.array([self.corpora[i].kind == "synthetic" for i in range(len(self.corpora))])[corpus]
-        order = self._order(n_tokens, is_synthetic, epoch)
-        return EpochPlan(epoch, ratio, corpus[order], row[order], n_tokens[order], is_synthetic[order])
+        order = self._order(n_tokens, is_synthetic, epoch, settings)
+        budgets = {"real": real_budget, "synthetic": synthetic_budget}
+        return EpochPlan(epoch, ratio, budgets, corpus[order], row[order], n_tokens[order], is_synthetic[order])
 
-    def _size(self, i: int) -> int:
+    def _size(self, i: int, settings: PlanSettings) -> int:
         corpus = self.corpora[i]
-        return corpus.n_tokens if self.data.unit == "tokens" else len(corpus)
+        return corpus.n_tokens if settings.unit == "tokens" else len(corpus)
 
-    def _split(self, ids: list[int], budget: int) -> list[int]:
+    def _split(self, ids: list[int], budget: int, settings: PlanSettings) -> list[int]:
         """Integer budgets per source that add up to `budget` exactly (largest remainder)."""
         if not ids:
             return []
-        specs = {s.name: s for s in self.data.sources}
-        weights = [specs[self.corpora[i].name].weight if self.corpora[i].name in specs else None for i in ids]
-        if all(w is None for w in weights):
-            weights = [self._size(i) for i in ids]
-        elif any(w is None for w in weights):
-            kind = self.corpora[ids[0]].kind
-            raise MixerError(f"data.sources: give every {kind} source a weight, or none of them")
+        configured = dict(settings.weights)
+        weights = [configured.get(self.corpora[i].name) for i in ids]
+        if any(w is None for w in weights):  # validate_data makes weights all-or-none per kind
+            weights = [self._size(i, settings) for i in ids]
         shares = np.asarray(weights, dtype=np.float64) / float(sum(weights)) * budget
         whole = np.floor(shares).astype(np.int64)
         leftover = budget - int(whole.sum())
         whole[np.argsort(-(shares - whole), kind="stable")[:leftover]] += 1
         return whole.tolist()
 
-    def _draw(self, i: int, budget: int, epoch: int) -> tuple[int, np.ndarray, np.ndarray]:
+    def _draw(self, i: int, budget: int, epoch: int, settings: PlanSettings) -> tuple[int, np.ndarray, np.ndarray]:
         """Rows of corpus `i` drawn without replacement (passes repeat only if allowed) to meet `budget`."""
         corpus = self.corpora[i]
         lengths = corpus.lengths
         if budget <= 0:
             return i, np.zeros(0, np.int64), np.zeros(0, np.int64)
-        size = self._size(i)
-        if budget > size and corpus.kind == "synthetic" and not self.data.allow_repeat:
+        size = self._size(i, settings)
+        if budget > size and corpus.kind == "synthetic" and not settings.allow_repeat:
             raise MixerError(
-                f"epoch {epoch}: synthetic_ratio {self.target_ratio(epoch):g} needs {budget:,} synthetic "
-                f"{self.data.unit} from source '{corpus.name}', which has {size:,}; add synthetic data, lower "
+                f"epoch {epoch}: synthetic_ratio {settings.target_ratio:g} needs {budget:,} synthetic "
+                f"{settings.unit} from source '{corpus.name}', which has {size:,}; add synthetic data, lower "
                 "the ratio, or set data.allow_repeat: true"
             )
-        rng = np.random.default_rng([self.seed, epoch, _DRAW, i])
+        rng = np.random.default_rng([settings.seed, epoch, _DRAW, i])
         passes = -(-budget // size)
         rows = np.concatenate([rng.permutation(len(corpus)) for _ in range(passes)])
-        units = lengths[rows] if self.data.unit == "tokens" else np.ones(len(rows), np.int64)
+        units = lengths[rows] if settings.unit == "tokens" else np.ones(len(rows), np.int64)
         cumulative = np.cumsum(units)
         last = int(np.searchsorted(cumulative, budget, side="left"))
         rows = rows[: last + 1]
         taken = lengths[rows].copy()
-        if self.data.unit == "tokens":
+        if settings.unit == "tokens":
             taken[-1] -= int(cumulative[last]) - budget  # cut the last example so the total is exact
         return i, rows, taken
 
-    def _order(self, n_tokens: np.ndarray, is_synthetic: np.ndarray, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, epoch, _ORDER])
+    def _order(self, n_tokens: np.ndarray, is_synthetic: np.ndarray, epoch: int, settings: PlanSettings) -> np.ndarray:
+        rng = np.random.default_rng([settings.seed, epoch, _ORDER])
         order = rng.permutation(len(n_tokens))
-        if not self.data.stratify:
+        if not settings.stratify:
             return order
         # Smooth interleave: place each entry at the midpoint of its share of its kind's budget, so every
         # window of the stream holds the target ratio up to one example.
-        units = n_tokens if self.data.unit == "tokens" else np.ones(len(n_tokens), np.int64)
+        units = n_tokens if settings.unit == "tokens" else np.ones(len(n_tokens), np.int64)
         keys = np.zeros(len(order), dtype=np.float64)
         for flag in (False, True):
             members = order[is_synthetic[order] == flag]
@@ -199,14 +225,15 @@ class Mixer:
 
     # ------------------------------------------------------------ streaming
     def set_epoch(self, epoch: int) -> None:
-        """Start `epoch` (1-based) from its first example."""
+        """Start `epoch` (1-based) from its first example, freezing the settings it is planned with."""
+        self._frozen = None
         self.epoch, self.position, self.token_offset = epoch, 0, 0
-        self.epoch_ratio_scale = self.ratio_scale
+        self._frozen = self.settings(epoch)
 
-    @property
-    def epoch_done(self) -> bool:
-        """Whether this rank has consumed its whole share of the current epoch."""
-        return self.position >= len(self.shard_plan(self.epoch))
+    def remaining_tokens(self) -> int:
+        """Tokens of this rank's share of the current epoch not yet taken."""
+        plan = self.shard_plan(self.epoch)
+        return int(plan.n_tokens[self.position :].sum()) - self.token_offset
 
     def __iter__(self) -> Iterator[Example]:
         """The rest of the current epoch, example by example."""
@@ -243,7 +270,8 @@ class Mixer:
         yet (a collapse action); an epoch under way keeps its plan, so it still holds each real example once."""
         self.ratio_scale *= factor
         if self.position == 0 and self.token_offset == 0:  # the current epoch has not started yet
-            self.epoch_ratio_scale = self.ratio_scale
+            self._frozen = None
+            self._frozen = self.settings(self.epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands: small, JSON-serialisable, enough to resume at the exact next token."""
@@ -252,37 +280,44 @@ class Mixer:
             "position": self.position,
             "token_offset": self.token_offset,
             "ratio_scale": self.ratio_scale,
-            "epoch_ratio_scale": self.epoch_ratio_scale,
+            "epoch_settings": None if self._frozen is None else dataclasses.asdict(self._frozen),
             "rank": self.rank,
             "world_size": self.world_size,
             "fingerprint": self.fingerprint(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where `state` left off (same data and world size required)."""
+        """Continue exactly where `state` left off (same data and world size required; the epoch under way keeps
+        the settings it was planned with, whatever the config says now)."""
         if state.get("fingerprint") != self.fingerprint():
-            raise MixerError("mixer state was saved for different data (sources, sizes or seed changed)")
+            raise MixerError(
+                "the checkpoint's stream was planned over other data (sources, their cleaning or their sizes "
+                "changed); resume with the data it was trained on, or start a new run"
+            )
         if state.get("world_size") != self.world_size:
             raise MixerError(
                 f"mixer state was saved with {state.get('world_size')} processes; this run has {self.world_size}"
             )
         self.ratio_scale = float(state["ratio_scale"])
-        self.epoch_ratio_scale = float(state.get("epoch_ratio_scale", self.ratio_scale))
         self.epoch, self.position, self.token_offset = state["epoch"], state["position"], state["token_offset"]
+        frozen = state.get("epoch_settings")
+        if frozen is not None:
+            frozen["weights"] = tuple(tuple(pair) for pair in frozen["weights"])
+            self._frozen = PlanSettings(**frozen)
+        else:
+            self._frozen = None
 
     def fingerprint(self) -> str:
-        """A hash of what the stream depends on besides position: data, seed and the ratio settings."""
-        description = {
-            "seed": self.seed,
-            "corpora": [(c.name, c.kind, len(c), c.n_tokens) for c in self.corpora],
-            "unit": self.data.unit,
-            "stratify": self.data.stratify,
-        }
-        return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of the data the stream is planned over: every corpus's name, kind and example lengths."""
+        digest = hashlib.sha256()
+        for corpus in self.corpora:
+            digest.update(json.dumps([corpus.name, corpus.kind, len(corpus), corpus.n_tokens]).encode())
+            digest.update(np.ascontiguousarray(corpus.offsets, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     # ------------------------------------------------------------ reporting
     def summary(self, epoch: int) -> dict[str, Any]:
-        """Planned counts of `epoch` by kind and source, and the realized ratio in tokens and examples."""
+        """Planned counts of `epoch` by kind and source, the budgets, and the realized ratio in tokens and examples."""
         plan = self.plan(epoch)
         tokens = {k: int(plan.n_tokens[plan.synthetic == (k == "synthetic")].sum()) for k in KINDS}
         examples = {k: int((plan.synthetic == (k == "synthetic")).sum()) for k in KINDS}
@@ -293,6 +328,8 @@ class Mixer:
         return {
             "epoch": epoch,
             "target_synthetic_ratio": plan.target_ratio,
+            "unit": self.settings(epoch).unit,
+            "budgets": plan.budgets,
             "tokens": tokens,
             "examples": examples,
             "sources": by_source,

@@ -70,7 +70,6 @@ def load_source(spec: SourceConfig, base_dir: Path | None = None) -> LoadedSourc
     no examples are left.
     """
     name = spec.name or spec.path or spec.hub or spec.builtin or "?"
-    _check_spec(spec, name)
     chat = spec.messages_field is not None
     field = spec.messages_field if chat else spec.text_field
     shown, records = _open(spec, base_dir, name, chat, field)
@@ -84,15 +83,6 @@ def load_source(spec: SourceConfig, base_dir: Path | None = None) -> LoadedSourc
     return LoadedSource(spec=spec, items=items, skipped=skipped)
 
 
-def _check_spec(spec: SourceConfig, name: str) -> None:
-    origins = [key for key in ("path", "hub", "builtin") if getattr(spec, key) is not None]
-    if len(origins) != 1:
-        got = ", ".join(origins) or "none"
-        raise MixerError(f"source '{name}': set exactly one of path, hub, builtin (got {got})")
-    if spec.max_examples is not None and spec.max_examples < 1:
-        raise MixerError(f"source '{name}': max_examples must be at least 1, got {spec.max_examples}")
-
-
 def _open(spec: SourceConfig, base_dir: Path | None, name: str, chat: bool, field: str) -> tuple[str, Records]:
     """The source as shown in messages, and its records (nothing is read until they are iterated)."""
     if spec.hub is not None:
@@ -102,7 +92,7 @@ def _open(spec: SourceConfig, base_dir: Path | None, name: str, chat: bool, fiel
         if chat:
             raise MixerError(f"source '{name}': {shown}: messages_field needs fields, a builtin corpus has none")
         return shown, _builtin_records(spec.builtin, shown)
-    assert spec.path is not None  # _check_spec leaves exactly one origin
+    assert spec.path is not None  # validate_data leaves exactly one origin
     path = _resolve(spec.path, base_dir, name)
     fmt = _detect_format(path, spec.format, spec.path, name)
     if fmt == "text" and chat:

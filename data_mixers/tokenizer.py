@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from data_mixers.config import TokenizerConfig
 from data_mixers.errors import MixerError
+from synthmix.files import atomic_folder
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -34,7 +35,9 @@ def load_tokenizer(config: TokenizerConfig, training_text: Iterable[str] = ()) -
         raise MixerError("tokenizer.name is null, so a tokenizer is trained on the real sources; they are empty")
     folder = Path(config.cache_dir) / f"tokenizer-{_fingerprint(texts, config.vocab_size)}"
     if not (folder / "tokenizer.json").is_file():
-        _save_atomically(train_bpe(texts, config.vocab_size), folder)
+        # Processes of one launch may train it at once; each writes its own temporary folder, the first wins.
+        with atomic_folder(folder, replace=False) as tmp:
+            train_bpe(texts, config.vocab_size).save_pretrained(str(tmp))
     return AutoTokenizer.from_pretrained(str(folder))
 
 
@@ -114,16 +117,3 @@ def _fingerprint(texts: Sequence[str], vocab_size: int) -> str:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
     return digest.hexdigest()[:16]
-
-
-def _save_atomically(tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
-    # Two processes of one launch may train at once; each writes its own temp folder, the first rename wins.
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{np.random.default_rng().integers(1 << 62)}")
-    tokenizer.save_pretrained(str(tmp))
-    try:
-        tmp.rename(folder)
-    except OSError:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)

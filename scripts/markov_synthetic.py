@@ -2,7 +2,7 @@
 
 The stand-in generator for `configs/tiny.yaml` and the tests: a real (if small) language model, fitted on
 the real text and sampled with a fixed seed, so the data is model-generated and reproducible without a
-neural model. `scripts/generate_synthetic.py` samples from a causal LM instead.
+neural model. `synthmix generate` samples from a causal LM instead.
 
     python scripts/markov_synthetic.py --corpus python_docs --n 400 --out data/tiny_synthetic.jsonl
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from data_mixers.builtin import BUILTIN_CORPORA, builtin_texts
+from synthmix.files import atomic_file
 
 Context = tuple[str, str]
 
@@ -57,15 +57,16 @@ def main(argv: list[str] | None = None) -> None:
     table = fit_trigrams(builtin_texts(args.corpus))
     rng = random.Random(args.seed)
     sampling = {"model": "word-trigram", "max_words": args.max_words, "seed": args.seed}
-    tmp = args.out.with_suffix(".tmp")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", encoding="utf-8") as out:
+    with atomic_file(args.out) as out:
         for i in range(args.n):
             text = sample_text(table, rng, args.max_words)
-            line = {"text": text, "generator": f"word-trigram({args.corpus})",
-                    "prompt_source": {"corpus": args.corpus, "index": i}, "sampling": sampling}
+            line = {
+                "text": text,
+                "generator": f"word-trigram({args.corpus})",
+                "prompt_source": {"corpus": args.corpus, "index": i},
+                "sampling": sampling,
+            }
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.out)
     print(f"wrote {args.n} examples to {args.out}")
 
 

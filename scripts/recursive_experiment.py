@@ -2,7 +2,7 @@
 
     python scripts/recursive_experiment.py [--generations 4] [--seeds 0 1 2] [--config configs/recursive.yaml]
 
-Runs `trainer.recursive` for each strategy and seed (each one resumable), then writes
+Runs `synthmix recursive` for each strategy and seed (each one resumable), then writes
 OUT/summary.md (mean and spread of each indicator per generation) and OUT/recursive.png (real_ppl, distinct_2,
 tail_mass against the generation, one line per strategy, mean over seeds with min-max band).
 """
@@ -17,8 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from synthmix.cli import main as synthmix
 from trainer.recursive import SUMMARY
-from trainer.recursive import main as recursive_main
 
 INDICATORS = ("real_ppl", "distinct_2", "tail_mass", "self_bleu", "js_divergence")
 PLOTTED = ("real_ppl", "distinct_2", "tail_mass")
@@ -30,8 +30,9 @@ def run_all(config: str, generations: int, strategies: list[str], seeds: list[in
     for strategy in strategies:
         for seed in seeds:
             run_dir = out / f"{strategy}-seed{seed}"
-            code = recursive_main(
+            code = synthmix(
                 [
+                    "recursive",
                     "--config",
                     config,
                     "--generations",

@@ -1,59 +1,195 @@
-"""Checkpoints that are never half-written: a temporary folder, a manifest of checksums, then a rename.
+"""Checkpoints: named stateful objects written into a temporary folder, sealed with a manifest, renamed into place.
 
-Layout of OUTPUT_DIR/checkpoints/step-N/: adapter/ (peft format) or model/ (full training), optimizer.pt,
-scheduler.pt, scaler.pt (fp16 only), rng.pt (every rank's RNG states), mixer.json (every rank's stream
-position), run.json (step, epoch, counters), metrics.jsonl (the metrics so far), manifest.json (last).
+The loop hands `Checkpointer.save` a list of `Part`s (objects with `state_dict()` / `load_state_dict()`) and gets
+their states back from `Checkpointer.restore`; this module owns everything else: the layout, gathering the
+per-rank states onto the main process, the manifest (checksums, world size, data fingerprint, config), the
+compatibility checks before anything is loaded, the config diff, pruning, and choosing `latest`.
+
+Layout of OUTPUT_DIR/checkpoints/step-N/ (one file or folder per part):
+    adapter/ or model/    trainable weights: peft format (PeftModel.from_pretrained reads it) or full weights
+    optimizer.pt          optimizer state keyed by parameter name (full, even when training is sharded)
+    scheduler.pt          learning-rate schedule position
+    scaler.pt             fp16 loss scale (fp16 only)
+    rng.pt                every rank's Python, NumPy, torch and CUDA RNG states (a list, rank order)
+    mixer.json            every rank's stream position (a list, rank order)
+    progress.json         step, epoch, counters
+    collapse.json         the collapse baseline
+    metrics.jsonl         the run's events up to this step
+    manifest.json         written last: step, world size, data fingerprint, config, SHA-256 of every file
+A folder without a manifest (a crash while writing) or with a file that does not match it is never loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 
+from synthmix.files import atomic_folder, disk_full_is_an_error, remove_temporaries
+from synthmix.schema import flatten
 from trainer.errors import TrainerError
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def write_checkpoint(root: Path, step: int, write_files: Callable[[Path], None], keep_last: int) -> Path:
-    """Write a checkpoint through `write_files(tmp_folder)`, seal it with a manifest, rename it into place."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write_files(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves nothing behind
-        raise
-    files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-    _write_json(tmp / MANIFEST, {"step": step, "created": time.time(), "files": files})
-    _fsync_tree(tmp)
-    if final.exists():  # a rerun of the same step after a crash past this point: replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    _prune(root, keep_last)
-    return final
+class Stateful(Protocol):
+    """What a checkpoint holds: an object whose state round-trips through plain data and tensors."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class Codec(Protocol):
+    """How one part's state is stored: its file (or folder) name and how to write and read it."""
+
+    def filename(self, name: str) -> str: ...
+
+    def write(self, path: Path, state: Any) -> None: ...
+
+    def read(self, path: Path) -> Any: ...
+
+
+class JsonCodec:
+    """Plain data as indented JSON."""
+
+    def filename(self, name: str) -> str:
+        return f"{name}.json"
+
+    def write(self, path: Path, state: Any) -> None:
+        path.write_text(json.dumps(state, indent=2, sort_keys=True))
+
+    def read(self, path: Path) -> Any:
+        return json.loads(path.read_text())
+
+
+class TorchCodec:
+    """Tensors and plain containers, loaded with `weights_only=True` (no pickled code)."""
+
+    def filename(self, name: str) -> str:
+        return f"{name}.pt"
+
+    def write(self, path: Path, state: Any) -> None:
+        torch.save(state, path)
+
+    def read(self, path: Path) -> Any:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+JSON, TORCH = JsonCodec(), TorchCodec()
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One named object of a checkpoint."""
+
+    name: str
+    obj: Stateful
+    codec: Codec = TORCH
+    per_rank: bool = False
+    """Every process has its own state (RNG, stream position): all are gathered and each gets its own back."""
+    collective: bool = False
+    """`state_dict()` / `load_state_dict()` must run on every process (sharded weights and optimizer states)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What a resume found: where it came from and which settings differ from the checkpoint's."""
+
+    path: Path
+    step: int
+    changed: list[str]
+
+
+class Checkpointer:
+    """Writes, verifies, chooses and restores the checkpoints of one run folder."""
+
+    def __init__(self, root: Path, accelerator: Any, keep_last: int) -> None:
+        self.root = root
+        self.accelerator = accelerator
+        self.keep_last = keep_last
+
+    # ------------------------------------------------------------ saving
+    def save(self, step: int, parts: list[Part], meta: dict[str, Any], files: dict[str, Path]) -> Path:
+        """Write checkpoints/step-`step` from every process's parts; `meta` (world size, data fingerprint,
+        config) goes into the manifest, `files` are copied in as they are. Returns the folder."""
+        states = {part.name: self._state_of(part) for part in parts}
+        final = self.root / f"step-{step}"
+        if self.accelerator.is_main_process:
+            with atomic_folder(final) as folder:
+                for part in parts:
+                    part.codec.write(folder / part.codec.filename(part.name), states[part.name])
+                for name, source in files.items():
+                    if source.exists():
+                        shutil.copyfile(source, folder / name)
+                checksums = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+                manifest = {**meta, "step": step, "created": time.time(), "files": checksums}
+                (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            self._prune()
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _state_of(self, part: Part) -> Any:
+        if part.per_rank:
+            return gather_object([part.obj.state_dict()])
+        if part.collective or self.accelerator.is_main_process:
+            return part.obj.state_dict()
+        return None
+
+    def _prune(self) -> None:
+        for old in sorted(_step_dirs(self.root), key=_step_of)[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------ choosing
+    def find(self, which: str) -> Path:
+        """The checkpoint `--resume which` names (see `find_checkpoint`)."""
+        return find_checkpoint(self.root, which)
+
+    @staticmethod
+    def step(folder: Path | None) -> int | None:
+        """The step a checkpoint folder holds (None for no folder)."""
+        return None if folder is None else int(json.loads((folder / MANIFEST).read_text())["step"])
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete the temporary folders that a crash left behind while writing a checkpoint."""
+        remove_temporaries(self.root)
+
+    # ------------------------------------------------------------ restoring
+    def restore(self, folder: Path, parts: list[Part], meta: dict[str, Any], files: dict[str, Path]) -> Restored:
+        """Check that `folder` fits this launch (`meta`: world size, data fingerprint), load every part, put the
+        copied files back, and say which config settings differ ("the new value wins")."""
+        manifest = json.loads((folder / MANIFEST).read_text())
+        _check_compatible(folder, manifest, meta)
+        for part in parts:
+            path = folder / part.codec.filename(part.name)
+            if not path.exists():
+                raise TrainerError(f"checkpoint {folder} has no {path.name}; it was written by another version")
+            state = part.codec.read(path)
+            part.obj.load_state_dict(state[self.accelerator.process_index] if part.per_rank else state)
+        if self.accelerator.is_main_process:
+            for name, target in files.items():
+                if (folder / name).exists():
+                    with disk_full_is_an_error(target):
+                        shutil.copyfile(folder / name, target)
+        self.accelerator.wait_for_everyone()
+        return Restored(folder, int(manifest["step"]), config_changes(manifest.get("config", {}), meta["config"]))
 
 
 def find_checkpoint(root: Path, which: str) -> Path:
-    """`latest`: the newest checkpoint whose files match its manifest (older ones are tried in turn, with a
-    warning for each one skipped); otherwise `which` is a checkpoint folder, which must be intact."""
+    """`latest`: the newest checkpoint under `root` whose files match its manifest (older ones are tried in turn,
+    with a warning for each one skipped); otherwise `which` is a checkpoint folder, which must be intact."""
     if which != "latest":
         path = Path(which)
         if not path.is_dir():
@@ -69,8 +205,32 @@ def find_checkpoint(root: Path, which: str) -> Path:
         problem = verify(path)
         if problem is None:
             return path
-        warnings.warn(f"checkpoint {path} is damaged ({problem}); trying the previous one", stacklevel=2)
+        warnings.warn(f"checkpoint {path} is damaged ({problem}); trying the previous one", stacklevel=3)
     raise TrainerError(f"--resume latest: every checkpoint in {root} is damaged")
+
+
+def _check_compatible(folder: Path, manifest: dict[str, Any], meta: dict[str, Any]) -> None:
+    saved = manifest.get("world_size")
+    if saved != meta["world_size"]:
+        raise TrainerError(
+            f"checkpoint {folder} was written by {saved} processes; this launch has {meta['world_size']} "
+            "(every process resumes its own share of the stream: launch the same number)"
+        )
+    if manifest.get("data_fingerprint") != meta["data_fingerprint"]:
+        raise TrainerError(
+            f"checkpoint {folder} was trained on other data (sources, their cleaning or their sizes changed); "
+            "resume with the data it was trained on, or start a new run in another output_dir"
+        )
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """One line per setting whose value differs between the checkpoint's config and this run's."""
+    before, after = flatten(saved), flatten(now)
+    return [
+        f"{key}: checkpoint {before.get(key)!r}, now {after.get(key)!r} (the new value wins)"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
 
 
 def verify(path: Path) -> str | None:
@@ -91,47 +251,28 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def remove_stale_temporaries(root: Path) -> None:
-    """Delete temporary folders that a crash left behind while writing a checkpoint."""
-    for tmp in root.glob(".tmp-step-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def capture_rng() -> dict[str, Any]:
+# ---------------------------------------------------------------- small stateful objects
+class RngState:
     """This process's RNG states (python, numpy, torch, CUDA) in types `torch.load(weights_only=True)` reads."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """Put back the RNG states captured by `capture_rng`."""
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_torch(path: Path) -> Any:
-    """Load a checkpoint file safely (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write `data` as indented JSON."""
-    _write_json(path, data)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _sha256(path: Path) -> str:
@@ -142,30 +283,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _step_dirs(root: Path) -> list[Path]:
     return [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)] if root.is_dir() else []
 
 
 def _step_of(path: Path) -> int:
     return int(_STEP_DIR.match(path.name).group(1))  # type: ignore[union-attr]
-
-
-def _prune(root: Path, keep_last: int) -> None:
-    for old in sorted(_step_dirs(root), key=_step_of)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)

@@ -8,100 +8,16 @@ forked RNG and the model is put back in its train/eval modes, so resumed runs st
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from trainer.config import CollapseConfig
 from trainer.errors import TrainerError
-from trainer.generation import SamplingConfig, choose_prompts, sample_continuations
-from trainer.indicators import (
-    INDICATOR_DIRECTION,
-    next_token_entropy,
-    perplexity,
-    rare_tokens,
-    sample_indicators,
-    self_bleu,
-)
-
-# Measured on held-out text, not on samples: the real text has no value of its own to compare them with.
-HELD_OUT_INDICATORS = ("real_ppl", "next_token_entropy")
-
-
-@dataclasses.dataclass
-class AlertRule:
-    """Raise an alert when an indicator moves too far from the baseline (or from the real text's value)."""
-
-    indicator: str
-    """An indicator name, e.g. distinct_2, real_ppl, tail_mass."""
-    direction: Literal["down", "up"]
-    """Which move is a warning sign."""
-    threshold: float
-    """Relative change that triggers, e.g. 0.2 for 20% (an absolute change when the compared value is 0)."""
-    against: Literal["baseline", "reference"] = "baseline"
-    """Compare with the step-0 baseline, or with the held-out real text's own value (sample indicators only)."""
-    action: Literal["warn", "stop", "reduce_ratio"] = "warn"
-    """warn: log and print; stop: checkpoint and end the run; reduce_ratio: scale the synthetic ratio down."""
-
-
-def _default_rules() -> list[AlertRule]:
-    return [AlertRule("distinct_2", "down", 0.2), AlertRule("real_ppl", "up", 0.1)]
-
-
-@dataclasses.dataclass
-class CollapseConfig:
-    """The eval hook's inputs, sampling settings and alert rules."""
-
-    enabled: bool = True
-    """Run the hook at step 0 and at the end of every epoch (needs held-out real text)."""
-    num_prompts: int = 64
-    """Fixed prompts, taken from the held-out real text, that the model continues each time."""
-    prompt_tokens: int = 16
-    """Tokens of held-out text in each prompt."""
-    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
-    """How samples are drawn; plain ancestral sampling at temperature 1 by default (truncation hides collapse)."""
-    max_eval_texts: int = 256
-    """Held-out texts scored for real_ppl and next_token_entropy."""
-    eval_seq_len: int = 256
-    """Tokens of each held-out text scored."""
-    eval_batch_size: int = 16
-    """Held-out texts per forward pass."""
-    tail_share: float = 0.1
-    """The rare tail: the least frequent real tokens that make up this share of the held-out token mass."""
-    self_bleu_samples: int = 64
-    """Samples scored as hypotheses in self_bleu (each against all others), chosen with the sampling seed."""
-    rules: list[AlertRule] = dataclasses.field(default_factory=_default_rules)
-    """Alert rules, checked at every epoch end."""
-    reduce_factor: float = 0.5
-    """reduce_ratio multiplies the synthetic ratio of the following epochs by this."""
-    report: bool = True
-    """Rewrite OUTPUT_DIR/report.html after every eval."""
-
-
-def validate_collapse(config: CollapseConfig) -> None:
-    """Rules name known indicators; counts and factors are in range."""
-    from data_mixers.errors import ConfigError
-
-    for i, rule in enumerate(config.rules):
-        if rule.indicator not in INDICATOR_DIRECTION:
-            known = ", ".join(sorted(INDICATOR_DIRECTION))
-            raise ConfigError(f"collapse.rules[{i}].indicator: unknown {rule.indicator!r} (known: {known})")
-        if rule.threshold <= 0:
-            raise ConfigError(f"collapse.rules[{i}].threshold: must be > 0, got {rule.threshold}")
-        if rule.against == "reference" and rule.indicator in HELD_OUT_INDICATORS:
-            raise ConfigError(
-                f"collapse.rules[{i}].against: {rule.indicator} is measured on the held-out text itself, so it "
-                "has no reference value; use against: baseline"
-            )
-    if not 0 < config.reduce_factor < 1:
-        raise ConfigError(f"collapse.reduce_factor: must be in (0, 1), got {config.reduce_factor}")
-    if not 0 < config.tail_share <= 1:
-        raise ConfigError(f"collapse.tail_share: must be in (0, 1], got {config.tail_share}")
-    counts = ("num_prompts", "prompt_tokens", "max_eval_texts", "eval_seq_len", "eval_batch_size", "self_bleu_samples")
-    for key in counts:
-        if getattr(config, key) < 1:
-            raise ConfigError(f"collapse.{key}: must be at least 1, got {getattr(config, key)}")
+from trainer.indicators import next_token_entropy, perplexity, rare_tokens, sample_indicators
+from trainer.prompts import choose_prompts
+from trainer.sampling import sample_continuations
 
 
 class CollapseMonitor:
@@ -137,12 +53,9 @@ class CollapseMonitor:
 
     def _indicators(self, samples: list[list[int]]) -> dict[str, float]:
         texts = self.tokenizer.batch_decode(samples, skip_special_tokens=True)
-        values = sample_indicators(samples, texts, self.rare, self.real_tokens)
-        # sample_indicators scores self_bleu on at most 64 hypotheses drawn with seed 0; where the configured
-        # count and seed could draw another subset, the configured ones win.
-        count, seed = self.config.self_bleu_samples, self.config.sampling.seed
-        if len(samples) > min(count, 64) and (count, seed) != (64, 0):
-            values["self_bleu"] = self_bleu(samples, count, seed)
+        values = sample_indicators(
+            samples, texts, self.rare, self.real_tokens, self.config.self_bleu_samples, self.config.sampling.seed
+        )
         return {k: float(v) for k, v in values.items()}
 
     @torch.no_grad()

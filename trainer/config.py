@@ -1,26 +1,161 @@
-"""The run configuration: typed dataclasses for every section of a config file.
+"""The run configuration: typed dataclasses for every section of a config file, validated once, at load.
 
-YAML maps onto `RunConfig`; `--section.key value` overrides apply on top; unknown keys are errors with a
-"did you mean". The data and tokenizer sections are data_mixers' own dataclasses.
+YAML maps onto `RunConfig` (synthmix.schema); `--section.key value` overrides apply on top; unknown keys are
+errors with a "did you mean". The data and tokenizer sections are data_mixers' own dataclasses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from data_mixers.config import (
-    DataConfig,
-    TokenizerConfig,
-    build,
-    load_yaml,
-    merge,
-    parse_overrides,
-    validate_data,
-)
-from data_mixers.errors import ConfigError
-from trainer.collapse import CollapseConfig, validate_collapse
+from data_mixers.config import DataConfig, TokenizerConfig, validate_data
+from synthmix.errors import ConfigError
+from synthmix.schema import apply_overrides, build, load_yaml, parse_overrides
+
+# The loop isolates packed examples with a 4D block-diagonal mask; these kernels honour it.
+PACKED_ATTENTION = ("sdpa", "eager")
+
+
+# +1: a higher value is healthier (more diverse, closer to real data); -1: a higher value means more
+# collapsed; 0: no direction (reported, never alerted on by direction alone).
+INDICATOR_DIRECTION: dict[str, int] = {
+    "real_ppl": -1,
+    "next_token_entropy": +1,
+    "distinct_1": +1,
+    "distinct_2": +1,
+    "distinct_3": +1,
+    "unigram_entropy": +1,
+    "self_bleu": -1,
+    "repetition_rate": -1,
+    "mean_length": 0,
+    "std_length": +1,
+    "tail_mass": +1,
+    "js_divergence": -1,
+    "compression_ratio": +1,
+}
+# Measured on held-out text, not on samples: the real text has no value of its own to compare them with.
+HELD_OUT_INDICATORS = ("real_ppl", "next_token_entropy")
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """How text is sampled from a model."""
+
+    max_new_tokens: int = 64
+    """Most tokens generated after each prompt (generation also stops at the end-of-sequence token)."""
+    temperature: float = 1.0
+    """Softmax temperature; 1.0 is plain ancestral sampling (collapse hides behind truncated sampling), 0 is greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches this; 1.0 is off."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 is off."""
+    num_beams: int = 1
+    """Beams; more than 1 is beam search (deterministic when `do_sample` is false, as in Shumailov et al.)."""
+    do_sample: bool = True
+    """Sample; false is greedy decoding (or beam search when `num_beams` > 1)."""
+    batch_size: int = 32
+    """Prompts generated together; part of the seed's meaning, since each batch draws from its own seed."""
+    seed: int = 0
+    """Batch b samples with torch seed `seed + b`, so the same prompts and settings give the same text."""
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding takes the most likely token (or beam) instead of sampling."""
+        return not self.do_sample or self.temperature == 0
+
+
+def validate_sampling(sampling: SamplingConfig, key: Callable[[str], str]) -> None:
+    """Every sampling setting in range; `key(field)` names the setting as the user wrote it (a dotted config
+    key, or a command-line flag)."""
+    checks = [
+        ("max_new_tokens", sampling.max_new_tokens >= 1, "at least 1"),
+        ("temperature", sampling.temperature >= 0, ">= 0 (0 is greedy)"),
+        ("top_p", 0 < sampling.top_p <= 1, "in (0, 1]"),
+        ("top_k", sampling.top_k >= 0, ">= 0 (0 is off)"),
+        ("num_beams", sampling.num_beams >= 1, "at least 1"),
+        ("batch_size", sampling.batch_size >= 1, "at least 1"),
+    ]
+    for name, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{key(name)}: must be {rule}, got {getattr(sampling, name)!r}")
+
+
+@dataclasses.dataclass
+class AlertRule:
+    """Raise an alert when an indicator moves too far from the baseline (or from the real text's value)."""
+
+    indicator: str
+    """An indicator name, e.g. distinct_2, real_ppl, tail_mass."""
+    direction: Literal["down", "up"]
+    """Which move is a warning sign."""
+    threshold: float
+    """Relative change that triggers, e.g. 0.2 for 20% (an absolute change when the compared value is 0)."""
+    against: Literal["baseline", "reference"] = "baseline"
+    """Compare with the step-0 baseline, or with the held-out real text's own value (sample indicators only)."""
+    action: Literal["warn", "stop", "reduce_ratio"] = "warn"
+    """warn: log and print; stop: checkpoint and end the run; reduce_ratio: scale the synthetic ratio down."""
+
+
+def _default_rules() -> list[AlertRule]:
+    return [AlertRule("distinct_2", "down", 0.2), AlertRule("real_ppl", "up", 0.1)]
+
+
+@dataclasses.dataclass
+class CollapseConfig:
+    """The eval hook's inputs, sampling settings and alert rules."""
+
+    enabled: bool = True
+    """Run the hook at step 0 and at the end of every epoch (needs held-out real text)."""
+    num_prompts: int = 64
+    """Fixed prompts, taken from the held-out real text, that the model continues each time."""
+    prompt_tokens: int = 16
+    """Tokens of held-out text in each prompt."""
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    """How samples are drawn; plain ancestral sampling at temperature 1 by default (truncation hides collapse)."""
+    max_eval_texts: int = 256
+    """Held-out texts scored for real_ppl and next_token_entropy."""
+    eval_seq_len: int = 256
+    """Tokens of each held-out text scored."""
+    eval_batch_size: int = 16
+    """Held-out texts per forward pass."""
+    tail_share: float = 0.1
+    """The rare tail: the least frequent real tokens that make up this share of the held-out token mass."""
+    self_bleu_samples: int = 64
+    """Samples scored as hypotheses in self_bleu (each against all others), chosen with the sampling seed."""
+    rules: list[AlertRule] = dataclasses.field(default_factory=_default_rules)
+    """Alert rules, checked at every epoch end."""
+    reduce_factor: float = 0.5
+    """reduce_ratio multiplies the synthetic ratio of the following epochs by this."""
+    report: bool = True
+    """Rewrite OUTPUT_DIR/report.html after every eval."""
+
+
+def validate_collapse(config: CollapseConfig) -> None:
+    """Rules name known indicators; counts, factors and sampling settings are in range."""
+    validate_sampling(config.sampling, lambda name: f"collapse.sampling.{name}")
+    for i, rule in enumerate(config.rules):
+        if rule.indicator not in INDICATOR_DIRECTION:
+            known = ", ".join(sorted(INDICATOR_DIRECTION))
+            raise ConfigError(f"collapse.rules[{i}].indicator: unknown {rule.indicator!r} (known: {known})")
+        if rule.threshold <= 0:
+            raise ConfigError(f"collapse.rules[{i}].threshold: must be > 0, got {rule.threshold}")
+        if rule.against == "reference" and rule.indicator in HELD_OUT_INDICATORS:
+            raise ConfigError(
+                f"collapse.rules[{i}].against: {rule.indicator} is measured on the held-out text itself, so it "
+                "has no reference value; use against: baseline"
+            )
+    if not 0 < config.reduce_factor < 1:
+        raise ConfigError(f"collapse.reduce_factor: must be in (0, 1), got {config.reduce_factor}")
+    if not 0 < config.tail_share <= 1:
+        raise ConfigError(f"collapse.tail_share: must be in (0, 1], got {config.tail_share}")
+    counts = ("num_prompts", "prompt_tokens", "max_eval_texts", "eval_seq_len", "eval_batch_size", "self_bleu_samples")
+    for key in counts:
+        if getattr(config, key) < 1:
+            raise ConfigError(f"collapse.{key}: must be at least 1, got {getattr(config, key)}")
 
 
 @dataclasses.dataclass
@@ -34,7 +169,7 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights' dtype; auto is bfloat16 on a GPU that supports it, else float32."""
     attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = "sdpa"
-    """Attention kernel. Packed rows use a block-diagonal mask, which sdpa and eager honour."""
+    """Attention kernel. Packed rows use a 4D block-diagonal mask, which sdpa and eager honour."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     trust_remote_code: bool = False
@@ -118,18 +253,31 @@ class RunConfig:
     collapse: CollapseConfig = dataclasses.field(default_factory=CollapseConfig)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML run config (or only overrides when `path` is None), apply dotted overrides, validate."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, data_only: bool = False) -> RunConfig:
+    """Read a YAML run config (or only overrides when `path` is None), apply dotted overrides, validate.
+
+    Every key is checked against the schema; `data_only` (for `synthmix inspect`) runs only the data section's
+    cross-field checks, so a config that describes a mix and no model can be inspected.
+    """
     raw = load_yaml(path) if path is not None else {}
-    config = build(RunConfig, merge(raw, parse_overrides(overrides or [])))
-    validate(config)
+    config = build(RunConfig, apply_overrides(raw, parse_overrides(overrides or [])))
+    if data_only:
+        validate_data(config.data)
+    else:
+        validate(config)
     return config
 
 
 def validate(config: RunConfig) -> None:
-    """Checks across fields, once, at load time; errors name the key."""
+    """Checks across fields; errors name the dotted key. Called at load and again by `train` (for configs
+    that a job changed after loading)."""
     validate_data(config.data)
     validate_collapse(config.collapse)
+    _validate_counts(config)
+    _validate_model(config)
+
+
+def _validate_counts(config: RunConfig) -> None:
     train = config.train
     positive = {
         "train.epochs": train.epochs,
@@ -138,21 +286,60 @@ def validate(config: RunConfig) -> None:
         "train.seq_len": train.seq_len,
         "train.log_every_steps": train.log_every_steps,
         "checkpoint.keep_last": config.checkpoint.keep_last,
+        "train.max_steps": train.max_steps,
+        "checkpoint.every_steps": config.checkpoint.every_steps,
     }
-    if train.max_steps is not None:
-        positive["train.max_steps"] = train.max_steps
-    if config.checkpoint.every_steps is not None:
-        positive["checkpoint.every_steps"] = config.checkpoint.every_steps
     for key, value in positive.items():
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
     if train.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate: must be > 0, got {train.learning_rate}")
+    if train.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps: must be >= 0, got {train.warmup_steps}")
     if config.lora.r < 0:
         raise ConfigError(f"lora.r: must be >= 0 (0 trains the full model), got {config.lora.r}")
-    if config.model.name is None and not config.model.arch:
+
+
+def _validate_model(config: RunConfig) -> None:
+    model = config.model
+    if model.name is None and not model.arch:
         raise ConfigError("model: set model.name (hub name or path) or model.arch (a config to build from)")
-    if config.model.name is not None and config.model.arch:
-        raise ConfigError("model: set model.name or model.arch, not both")
-    if config.model.arch and "model_type" not in config.model.arch:
+    if model.name is not None and model.arch:
+        raise ConfigError("model: set model.name or model.arch, not both (--model.arch '{}' clears the arch)")
+    if model.arch and "model_type" not in model.arch:
         raise ConfigError("model.arch.model_type: missing (e.g. llama, qwen2, gpt2)")
+    if model.attn_implementation not in PACKED_ATTENTION:
+        raise ConfigError(
+            f"model.attn_implementation: {model.attn_implementation!r} ignores the 4D block-diagonal mask that keeps "
+            f"packed examples apart, so they would attend to each other; use one of {', '.join(PACKED_ATTENTION)}"
+        )
+    limit = known_max_positions(model)
+    if limit is not None:
+        for key, value in (
+            ("train.seq_len", config.train.seq_len),
+            ("collapse.eval_seq_len", config.collapse.eval_seq_len),
+        ):
+            if key.startswith("collapse") and not config.collapse.enabled:
+                continue
+            if value > limit:
+                raise ConfigError(f"{key}: {value} is more than the model's max_position_embeddings ({limit})")
+
+
+def known_max_positions(model: ModelConfig) -> int | None:
+    """The model's `max_position_embeddings` when it can be known without a download: from `arch` (or its model
+    type's default), or from the config.json of a local folder; None for a hub name (checked once it loads)."""
+    if model.arch:
+        if "max_position_embeddings" in model.arch:
+            return int(model.arch["max_position_embeddings"])
+        from transformers import AutoConfig
+
+        try:
+            default = AutoConfig.for_model(model.arch["model_type"])
+        except ValueError as err:
+            raise ConfigError(f"model.arch.model_type: {str(err).splitlines()[0]}") from None
+        return getattr(default, "max_position_embeddings", None)
+    config_file = Path(model.name or "") / "config.json"
+    if config_file.is_file():
+        value = json.loads(config_file.read_text()).get("max_position_embeddings")
+        return int(value) if isinstance(value, int) else None
+    return None

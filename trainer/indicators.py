@@ -17,23 +17,7 @@ import torch
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
-# +1: a higher value is healthier (more diverse, closer to real data); -1: a higher value means more
-# collapsed; 0: no direction (reported, never alerted on by direction alone).
-INDICATOR_DIRECTION: dict[str, int] = {
-    "real_ppl": -1,
-    "next_token_entropy": +1,
-    "distinct_1": +1,
-    "distinct_2": +1,
-    "distinct_3": +1,
-    "unigram_entropy": +1,
-    "self_bleu": -1,
-    "repetition_rate": -1,
-    "mean_length": 0,
-    "std_length": +1,
-    "tail_mass": +1,
-    "js_divergence": -1,
-    "compression_ratio": +1,
-}
+from trainer.config import INDICATOR_DIRECTION  # noqa: F401  (re-exported: the indicators this module computes)
 
 _BLEU_ORDER = 4
 
@@ -231,8 +215,11 @@ def sample_indicators(
     texts: Sequence[str],
     rare: frozenset[int],
     reference_tokens: Sequence[int],
+    self_bleu_samples: int = 64,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """All sample-side indicators; applied to held-out real text itself it gives the reference values."""
+    """All sample-side indicators; applied to held-out real text itself it gives the reference values.
+    `self_bleu_samples` and `seed` choose the hypotheses self_bleu scores (see `self_bleu`)."""
     tokens = [t for sample in samples for t in sample]
     mean_length, std_length = length_stats(samples)
     return {
@@ -240,7 +227,7 @@ def sample_indicators(
         "distinct_2": distinct_n(samples, 2),
         "distinct_3": distinct_n(samples, 3),
         "unigram_entropy": unigram_entropy(tokens),
-        "self_bleu": self_bleu(samples),
+        "self_bleu": self_bleu(samples, self_bleu_samples, seed),
         "repetition_rate": repetition_rate(samples),
         "mean_length": mean_length,
         "std_length": std_length,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.config import LoraConfig, ModelConfig
+from trainer.config import LoraConfig, ModelConfig, RunConfig
 from trainer.errors import TrainerError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,17 +65,22 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: 
     return model
 
 
-def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel | PeftModel:
-    """Wrap `model` with LoRA adapters (base weights frozen); with r = 0 every weight stays trainable."""
-    if config.r == 0:
-        return model
-    peft_config = PeftLoraConfig(
+def peft_lora_config(config: LoraConfig) -> PeftLoraConfig:
+    """The peft LoraConfig that the run's `lora` section describes (also given to TRL by the benchmark)."""
+    return PeftLoraConfig(
         task_type="CAUSAL_LM",
         r=config.r,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         target_modules=config.target_modules,
     )
+
+
+def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel | PeftModel:
+    """Wrap `model` with LoRA adapters (base weights frozen); with r = 0 every weight stays trainable."""
+    if config.r == 0:
+        return model
+    peft_config = peft_lora_config(config)
     try:
         with warnings.catch_warnings():
             # peft reads transformers' deprecated `is_gradient_checkpointing`, which warns on every call.
@@ -86,3 +94,39 @@ def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel | Pe
     if checkpointing:
         peft_model.enable_input_require_grads()
     return peft_model
+
+
+def check_positions(model: PreTrainedModel, config: RunConfig) -> None:
+    """A loaded hub model's position limit, which config validation could not know before the download."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and config.train.seq_len > limit:
+        raise TrainerError(
+            f"train.seq_len: {config.train.seq_len} is more than the model's max_position_embeddings ({limit})"
+        )
+
+
+def load_for_sampling(
+    name: str, tokenizer_name: str, adapter: str | None, trust_remote_code: bool, device: str
+) -> tuple[Any, PreTrainedTokenizerBase]:
+    """A model to sample from (with its peft adapter, if any) in eval mode on `device`, and its tokenizer."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Half precision on GPU as stored; float32 on CPU, where bf16 matmuls are slow.
+    dtype = "auto" if device == "cuda" else torch.float32
+    tokenizer = _load("tokenizer", tokenizer_name, AutoTokenizer.from_pretrained, trust_remote_code=trust_remote_code)
+    model = _load("model", name, AutoModelForCausalLM.from_pretrained, dtype=dtype, trust_remote_code=trust_remote_code)
+    if adapter:
+        model = _load("adapter", adapter, lambda path: PeftModel.from_pretrained(model, path))
+    return model.to(device).eval(), tokenizer
+
+
+def _load(what: str, name: str, loader: Callable[..., Any], **kwargs: Any) -> Any:
+    # A name that can only be a path gets a plain "does not exist" instead of the hub's repo-id complaint.
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_local and not Path(name).expanduser().exists():
+        raise TrainerError(f"{name}: {what} folder does not exist")
+    try:
+        return loader(name, **kwargs)
+    except (OSError, ValueError) as err:
+        first_line = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise TrainerError(f"cannot load {what} {name!r}: {first_line}") from None

@@ -15,10 +15,11 @@ import dataclasses
 import numpy as np
 import torch
 
+from data_mixers.config import KINDS
 from data_mixers.mixer import Example
 
 IGNORE = -100
-KIND_CODES = {"real": 0, "synthetic": 1}
+KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}
 PAD_KIND = -1
 
 
@@ -48,6 +49,17 @@ class PackedBatch:
     def to(self, device: torch.device) -> PackedBatch:
         """The same batch on `device`."""
         return PackedBatch(*(t.to(device, non_blocking=True) for t in dataclasses.astuple(self)))
+
+    def sums_by_kind(self, nll: torch.Tensor) -> torch.Tensor:
+        """[nll, loss tokens, tokens, examples started], each for real then synthetic (float64), from the
+        per-position losses `token_losses` returned for this batch."""
+        kinds = self.kinds[:, 1:]
+        has_loss = self.labels[:, 1:] != IGNORE
+        values = [nll[kinds == code].double().sum() for code in KIND_CODES.values()]
+        values += [(has_loss & (kinds == code)).sum().double() for code in KIND_CODES.values()]
+        values += [(self.kinds == code).sum().double() for code in KIND_CODES.values()]
+        values.extend(self.examples_started.double())
+        return torch.stack(values)
 
     @property
     def loss_tokens(self) -> int:

@@ -1,9 +1,8 @@
 """The self-consuming loop: generations of training on the previous generation's own output.
 
-    python -m trainer.recursive --config configs/recursive.yaml --generations 5 --strategy replace
-    python -m trainer.recursive --config configs/recursive.yaml --generations 5 --strategy accumulate
-    python -m trainer.recursive --config configs/recursive.yaml --generations 5 --strategy fixed_real \
-        --real-fraction 0.2
+    synthmix recursive --config configs/recursive.yaml --generations 5 --strategy replace
+    synthmix recursive --config configs/recursive.yaml --generations 5 --strategy accumulate
+    synthmix recursive --config configs/recursive.yaml --generations 5 --strategy fixed_real --real-fraction 0.2
 
 Generation 0 is the base model (`model.name` of the config). Generation g samples a synthetic corpus from
 generation g-1 (prompts from the real training text), builds its training mix by the strategy, LoRA
@@ -17,11 +16,8 @@ one resumes from its latest checkpoint. RUN_DIR/generations.jsonl sums up every 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +27,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from data_mixers.config import SourceConfig
 from data_mixers.corpus import real_training_texts
-from data_mixers.errors import MixerError
-from trainer.config import RunConfig, load_config
+from synthmix.files import write_text
+from trainer.config import RunConfig
 from trainer.errors import TrainerError
-from trainer.generation import SamplingConfig, add_sampling_arguments, generate_corpus, sampling_from_args
 from trainer.loop import train
 from trainer.run_log import METRICS, read_events
+from trainer.sampling import SamplingConfig
+from trainer.synthetic import generate_corpus
 
 STRATEGIES = ("replace", "accumulate", "fixed_real")
 SUMMARY = "generations.jsonl"
@@ -154,10 +151,7 @@ def _write_summary(exp: Experiment) -> None:
         if generation == 1:
             lines.append(_summary_line(exp, 0, evals[0]))  # the base model, before any update
         lines.append(_summary_line(exp, generation, evals[-1]))
-    text = "".join(json.dumps(line) + "\n" for line in lines)
-    tmp = exp.run_dir / f".{SUMMARY}.tmp"
-    tmp.write_text(text)
-    tmp.replace(exp.run_dir / SUMMARY)
+    write_text(exp.run_dir / SUMMARY, "".join(json.dumps(line) + "\n" for line in lines))
 
 
 def _summary_line(exp: Experiment, generation: int, evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -170,44 +164,3 @@ def _summary_line(exp: Experiment, generation: int, evaluation: dict[str, Any]) 
         "real_fraction": exp.real_fraction if exp.strategy == "fixed_real" else None,
         **indicators,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the experiment; user-fixable errors print one line (exit 2)."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.recursive", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="run config whose model.name is generation 0")
-    parser.add_argument("--generations", type=int, default=5)
-    parser.add_argument("--strategy", choices=STRATEGIES, required=True)
-    parser.add_argument("--real-fraction", type=float, default=0.2, help="fixed_real: share of real data")
-    parser.add_argument("--samples", type=int, help="texts sampled per generation (default: as many as real)")
-    parser.add_argument("--run-dir", type=Path, help="default: OUTPUT_DIR/<strategy>")
-    # Truncated sampling by default: it cuts each generation's tail, so collapse shows within a few generations.
-    add_sampling_arguments(parser, SamplingConfig(max_new_tokens=112, top_p=0.9))
-    parser.add_argument("--debug", action="store_true")
-    args, overrides = parser.parse_known_args(argv)
-    try:
-        exp = _experiment(args, overrides)
-        run_dir = run_experiment(exp)
-    except (TrainerError, MixerError) as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"generations: {run_dir / SUMMARY}")
-    return 0
-
-
-def _experiment(args: argparse.Namespace, overrides: list[str]) -> Experiment:
-    if args.generations < 1:
-        raise TrainerError(f"--generations: must be at least 1, got {args.generations}")
-    if not 0 < args.real_fraction < 1:
-        raise TrainerError(f"--real-fraction: must be in (0, 1), got {args.real_fraction}")
-    config = load_config(args.config, overrides)
-    samples = args.samples or len(real_training_texts(config.data))
-    sampling = sampling_from_args(args, seed=config.seed)
-    run_dir = args.run_dir or Path(config.output_dir) / args.strategy
-    return Experiment(config, run_dir, args.generations, args.strategy, args.real_fraction, samples, sampling)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import TrainerError
+
 METRICS = "metrics.jsonl"
 
 
@@ -46,10 +48,26 @@ class RunLog:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """Every event of a metrics.jsonl."""
-    if not path.is_file():
+    """Every JSON object of a JSON Lines file (metrics.jsonl, generations.jsonl); none when the file is missing.
+    A line that is not a JSON object is a TrainerError naming the file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise TrainerError(f"{path}: cannot read ({err})") from None
+    events = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TrainerError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        if not isinstance(event, dict):
+            raise TrainerError(f"{path}:{number}: expected a JSON object, got {type(event).__name__}")
+        events.append(event)
+    return events
 
 
 def _finite(value: Any) -> Any:

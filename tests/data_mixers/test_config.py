@@ -1,5 +1,5 @@
-"""Config loading: typed sections, "did you mean" for unknown keys, errors that name the dotted key or the
-file and line, dotted command-line overrides."""
+"""The data section of a config: typed keys, "did you mean" for unknown ones, errors that name the dotted key,
+and the checks that span fields (sources, weights, ratios, schedules), all at load time."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from data_mixers import ConfigError, Corpus, DataConfig, Mixer, MixerError, SourceConfig, load_mixer_settings
-from data_mixers.config import parse_overrides
+from data_mixers import Corpus, DataConfig, Mixer, MixerError, SourceConfig
+from data_mixers.config import TokenizerConfig, validate_data
+from synthmix.errors import ConfigError
+from synthmix.schema import apply_overrides, build, load_yaml, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {
@@ -35,23 +37,32 @@ def with_data(**data: object) -> dict:
     return {**BASE, "data": {**BASE["data"], **data}}
 
 
+def load_data(path: Path, overrides: list[str] | None = None) -> DataConfig:
+    """The data (and tokenizer) section of a config file with overrides, built and validated as a run config's."""
+    raw = apply_overrides(load_yaml(path), parse_overrides(overrides or []))
+    build(TokenizerConfig, raw.get("tokenizer"), "tokenizer")
+    data = build(DataConfig, raw.get("data"), "data")
+    validate_data(data)
+    return data
+
+
 def error(path: Path, overrides: list[str] | None = None) -> str:
     with pytest.raises(ConfigError) as caught:
-        load_mixer_settings(path, overrides)
+        load_data(path, overrides)
     message = str(caught.value)
     assert "\n" not in message
     return message
 
 
 def test_a_config_maps_onto_the_dataclasses(tmp_path: Path) -> None:
-    settings = load_mixer_settings(write(tmp_path, {**BASE, "train": {"epochs": 3}, "output_dir": "runs/x"}))
-    assert settings.seed == 1 and settings.data.synthetic_ratio == 0.3 and settings.data.unit == "tokens"
-    assert [(s.name, s.kind) for s in settings.data.sources] == [("docs", "real"), ("gen", "synthetic")]
+    data = load_data(write(tmp_path, {**BASE, "train": {"epochs": 3}, "output_dir": "runs/x"}))
+    assert data.synthetic_ratio == 0.3 and data.unit == "tokens"
+    assert [(s.name, s.kind) for s in data.sources] == [("docs", "real"), ("gen", "synthetic")]
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_loads(config: Path) -> None:
-    load_mixer_settings(config)
+def test_every_shipped_config_has_a_valid_data_section(config: Path) -> None:
+    load_data(config)
 
 
 @pytest.mark.parametrize(
@@ -99,6 +110,25 @@ def test_wrong_types_name_the_dotted_key(tmp_path: Path, raw: dict, expected: st
         ({"schedule": {"type": "steps"}}, "the 'steps' schedule needs at least one"),
         ({"max_tokens_per_example": 0}, "data.max_tokens_per_example: must be at least 1, got 0"),
         ({"filters": {"ngram": 0}}, "data.filters.ngram: must be at least 1, got 0"),
+        (
+            {"sources": [{"name": "a", "path": "x"}, {"name": "a", "path": "y"}]},
+            "data.sources[1].name: the name 'a' is used twice",
+        ),
+        ({"sources": [{"path": "x"}]}, "data.sources[0].name: every source needs a name"),
+        (
+            {"sources": [{"name": "a", "path": "x", "builtin": "python_docs"}]},
+            "data.sources[0] (a): set exactly one of path, hub, builtin (got path, builtin)",
+        ),
+        ({"sources": [{"name": "a"}]}, "data.sources[0] (a): set exactly one of path, hub, builtin (got none)"),
+        (
+            {"sources": [{"name": "a", "path": "x", "weight": 2}, {"name": "b", "path": "y"}]},
+            "data.sources: give every real source a weight, or none of them",
+        ),
+        ({"sources": [{"name": "a", "path": "x", "weight": 0}]}, "data.sources[0].weight: must be > 0, got 0.0"),
+        (
+            {"sources": [{"name": "a", "path": "x"}], "held_out": {"sources": [{"name": "a", "path": "y"}]}},
+            "data.held_out.sources[0].name: the name 'a' is used twice",
+        ),
     ],
 )
 def test_values_out_of_range_and_bad_schedules_are_refused(tmp_path: Path, data: dict, expected: str) -> None:
@@ -113,41 +143,9 @@ def test_a_synthetic_ratio_without_a_synthetic_source_is_refused_by_the_mixer() 
     Mixer(corpora, DataConfig(sources=data.sources, synthetic_ratio=0.0), seed=0)  # fine at 0
 
 
-def test_yaml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "seed: 1\ndata:\n  synthetic_ratio: 0.3\n   unit: tokens\n")  # line 4 is mis-indented
-    assert error(path) == f"{path}:4: invalid YAML (mapping values are not allowed here)"
-
-
-def test_missing_config_file(tmp_path: Path) -> None:
-    assert error(tmp_path / "nope.yaml") == f"{tmp_path / 'nope.yaml'}: config file does not exist"
-
-
-def test_overrides_are_dotted_keys_with_yaml_values() -> None:
-    parsed = parse_overrides(["--data.synthetic_ratio", "0.3", "--a.b=1", "--data.unit", "examples", "--x", "null"])
-    assert parsed == {"data": {"synthetic_ratio": 0.3, "unit": "examples"}, "a": {"b": 1}, "x": None}
-    assert parse_overrides(["--data.stratify=true"]) == {"data": {"stratify": True}}
-
-
-@pytest.mark.parametrize(
-    "args,expected",
-    [
-        (["--data.unit"], "override --data.unit: missing a value"),
-        (["data.unit", "tokens"], "override 'data.unit': expected --section.key VALUE"),
-        (["--", "1"], "override '--': expected --section.key VALUE"),
-        (["--data=1", "--data.unit", "tokens"], "override --data.unit: 'data' is set twice"),
-    ],
-)
-def test_malformed_overrides(args: list[str], expected: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        parse_overrides(args)
-    assert str(caught.value) == expected
-
-
 def test_overrides_are_merged_and_checked_like_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, BASE)
-    settings = load_mixer_settings(path, ["--data.synthetic_ratio", "0.5", "--seed=7"])
-    assert settings.seed == 7
-    assert settings.data.synthetic_ratio == 0.5 and len(settings.data.sources) == 2
+    data = load_data(path, ["--data.synthetic_ratio", "0.5", "--data.sources.1.weight=2"])
+    assert data.synthetic_ratio == 0.5 and len(data.sources) == 2 and data.sources[1].weight == 2.0
     assert "data.synthetic_ratio: must be in [0, 1], got 2.0" in error(path, ["--data.synthetic_ratio", "2"])
     assert "did you mean 'unit'" in error(path, ["--data.unti", "tokens"])
-    assert "the mixer reads only seed, data, tokenizer" in error(path, ["--train.epochs", "3"])

@@ -172,23 +172,6 @@ def test_missing_file_says_where_it_looked(tmp_path: Path) -> None:
     assert message == f"source 'x': data/nope.jsonl: file does not exist (looked for {tmp_path}/data/nope.jsonl)"
 
 
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        (SourceConfig(name="x"), "source 'x': set exactly one of path, hub, builtin (got none)"),
-        (
-            SourceConfig(name="x", path="a", hub="b"),
-            "source 'x': set exactly one of path, hub, builtin (got path, hub)",
-        ),
-        (SourceConfig(name="x", path="a", max_examples=0), "source 'x': max_examples must be at least 1, got 0"),
-    ],
-)
-def test_invalid_spec(spec: SourceConfig, expected: str) -> None:
-    with pytest.raises(MixerError) as caught:
-        load_source(spec)
-    assert str(caught.value) == expected
-
-
 def test_unknown_extension_asks_for_a_format(tmp_path: Path) -> None:
     (tmp_path / "s.xml").write_text("<a/>", encoding="utf-8")
     assert error(tmp_path, "s.xml") == (

@@ -5,16 +5,14 @@ lives here."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 
-from data_mixers.config import merge
-from data_mixers.tokenizer import train_bpe
+from synthmix.schema import apply_overrides, flatten
 from trainer.config import RunConfig, load_config
 from trainer.loop import Run, fit, setup
 from trainer.run_log import METRICS, read_events
@@ -23,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = REPO / "data" / "tiny_synthetic.jsonl"
 
 
-def tiny_config(cache_dir: Path) -> dict[str, Any]:
+def tiny_config(cache_dir: Path, arch: Mapping[str, Any]) -> dict[str, Any]:
     """About 44 optimizer steps over 2 epochs (22 each), a checkpoint every 4 steps, a cheap collapse hook."""
     return {
         "seed": 0,
@@ -35,16 +33,7 @@ def tiny_config(cache_dir: Path) -> dict[str, Any]:
                 {"name": "syn", "kind": "synthetic", "path": str(SYNTHETIC), "max_examples": 40},
             ],
         },
-        "model": {
-            "arch": {
-                "model_type": "llama",
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 2,
-            }
-        },
+        "model": {"arch": dict(arch)},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
         "train": {
             "epochs": 2,
@@ -67,27 +56,22 @@ def tiny_config(cache_dir: Path) -> dict[str, Any]:
     }
 
 
-def write_config(folder: Path, cache_dir: Path, changes: dict[str, Any] | None = None) -> Path:
+def merged(raw: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` merged into a copy of `raw` (nested mappings key by key; a list or a value replaces)."""
+    return apply_overrides(raw, flatten(changes).items())
+
+
+def write_config(folder: Path, cache_dir: Path, arch: Mapping[str, Any], changes: dict[str, Any] | None = None) -> Path:
     """The tiny config with `changes` deep-merged into it, written as folder/config.yaml (no output_dir)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(merge(tiny_config(cache_dir), changes or {}), sort_keys=False))
+    path.write_text(yaml.safe_dump(merged(tiny_config(cache_dir, arch), changes or {}), sort_keys=False))
     return path
 
 
 def run_config(path: Path, output_dir: Path, *overrides: str) -> RunConfig:
     """The run config of `path` writing into `output_dir`, with CLI-style overrides."""
     return load_config(path, ["--output_dir", str(output_dir), *overrides])
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads on a busy shared CPU; the tests' subprocesses run with one thread
-    too (OMP_NUM_THREADS=1), so in-process and CLI runs compute the very same floating-point numbers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -97,22 +81,13 @@ def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, token_cache: Path) -> Callable[..., Path]:
+def make_config(tmp_path: Path, token_cache: Path, tiny_arch: Mapping[str, Any]) -> Callable[..., Path]:
     """Write the tiny config (with changes) into tmp_path and return its path."""
 
     def make(changes: dict[str, Any] | None = None, name: str = "config") -> Path:
-        return write_config(tmp_path / name, token_cache, changes)
+        return write_config(tmp_path / name, token_cache, tiny_arch, changes)
 
     return make
-
-
-@pytest.fixture(scope="session")
-def tiny_tokenizer():
-    """A byte-level BPE (300 tokens, ChatML template) for tests that build models and batches by hand."""
-    import pydoc_data.topics
-
-    texts = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:30]
-    return train_bpe(texts, vocab_size=300)
 
 
 @dataclasses.dataclass
@@ -136,11 +111,13 @@ class ReferenceRun:
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory: pytest.TempPathFactory, token_cache: Path) -> ReferenceRun:
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, token_cache: Path, tiny_arch: Mapping[str, Any]
+) -> ReferenceRun:
     """The tiny config trained to the end, uninterrupted (`train()` is exactly setup, fit and closing the log;
     they are called here to keep the trained model)."""
     root = tmp_path_factory.mktemp("reference")
-    path = write_config(root, token_cache)
+    path = write_config(root, token_cache, tiny_arch)
     config = run_config(path, root / "run")
     run = setup(config, resume=None)
     try:

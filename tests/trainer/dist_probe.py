@@ -4,7 +4,8 @@
 
 Runs `trainer.loop.setup` and `fit` like `python -m trainer`, recording which example pieces the rank's mixer
 hands to the loop; then every rank (not only the main one) writes its own LoRA weights to D/rank{r}.safetensors
-and its pieces, in stream order, to D/rank{r}.json as [source, index, start, length] rows.
+and its pieces, in stream order, to D/rank{r}.json as [epoch, kind, source, index, start, length] rows.
+`record_pieces` is also what tests/trainer/test_resume.py watches the stream with.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     args, overrides = parser.parse_known_args()
     run = setup(load_config(args.config, overrides), resume=None)
-    pieces = _record_pieces(run.mixer)
+    pieces = record_pieces(run.mixer)
     try:
         fit(run)
     finally:
@@ -41,14 +42,15 @@ def main() -> None:
     run.accelerator.wait_for_everyone()
 
 
-def _record_pieces(mixer) -> list[list]:
-    """Wrap this mixer's `take_tokens` (the loop's only way to read the stream) to log what it returns."""
+def record_pieces(mixer) -> list[list]:
+    """Wrap this mixer's `take_tokens` (the loop's only way to read the stream) to log what it returns, as
+    [epoch, kind, source, index, start, length] rows."""
     pieces: list[list] = []
     take_tokens = mixer.take_tokens
 
     def recording(n: int):
         taken = take_tokens(n)
-        pieces.extend([example.source, int(example.index), int(example.start), len(example.ids)] for example in taken)
+        pieces.extend([mixer.epoch, e.kind, e.source, int(e.index), int(e.start), len(e.ids)] for e in taken)
         return taken
 
     mixer.take_tokens = recording

@@ -24,12 +24,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from data_mixers.config import merge
-from data_mixers.errors import ConfigError
+from synthmix.errors import ConfigError
+from synthmix.schema import apply_overrides, flatten
 from trainer.checkpoint import find_checkpoint, verify
-from trainer.collapse import AlertRule, CollapseConfig, CollapseMonitor
-from trainer.config import RunConfig, load_config
-from trainer.generation import SamplingConfig
+from trainer.collapse import CollapseMonitor
+from trainer.config import AlertRule, CollapseConfig, RunConfig, SamplingConfig, load_config
 from trainer.indicators import INDICATOR_DIRECTION, self_bleu
 from trainer.loop import train
 from trainer.run_log import METRICS, read_events
@@ -51,7 +50,7 @@ def variant(reference, folder: Path, changes: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"
     raw = yaml.safe_load(reference.config_path.read_text())
-    path.write_text(yaml.safe_dump(merge(raw, changes), sort_keys=False))
+    path.write_text(yaml.safe_dump(apply_overrides(raw, flatten(changes).items()), sort_keys=False))
     return path
 
 
@@ -156,7 +155,7 @@ def test_stop_checkpoints_the_epoch_and_ends_the_run_early(stopped) -> None:
     assert [a["action"] for a in of(events, "alert")] == ["reduce_ratio", "stop"]
     latest = find_checkpoint(out / "checkpoints", "latest")
     assert latest.name == f"step-{end['step']}" and verify(latest) is None
-    assert json.loads((latest / "run.json").read_text())["epoch"] == 2  # the next epoch is where a resume starts
+    assert json.loads((latest / "progress.json").read_text())["epoch"] == 2  # the next epoch is where a resume starts
     saved, final = adapter_tensors(latest), adapter_tensors(out)
     assert saved.keys() == final.keys() and all(torch.equal(saved[k], final[k]) for k in saved)
 
@@ -374,7 +373,9 @@ DEGENERATE = [  # common words only: none of their tokens is in the held-out tex
 
 
 @pytest.mark.slow
-def test_a_degenerate_synthetic_corpus_at_a_high_ratio_shows_as_collapse(tmp_path: Path, token_cache: Path) -> None:
+def test_a_degenerate_synthetic_corpus_at_a_high_ratio_shows_as_collapse(
+    tmp_path: Path, token_cache: Path, tiny_arch
+) -> None:
     """Full fine-tuning of a tiny random model, with the same training budget (optimizer steps of 8 x 64
     tokens): 1 epoch at synthetic ratio 0.9 on 3 sentences x 300 lines, against 10 epochs of the real text
     alone. Samples from 1-token prompts lose bigram diversity and the real text's rare tokens, and the
@@ -396,16 +397,7 @@ def test_a_degenerate_synthetic_corpus_at_a_high_ratio_shows_as_collapse(tmp_pat
                 {"name": "degenerate", "kind": "synthetic", "path": str(corpus)},
             ],
         },
-        "model": {
-            "arch": {
-                "model_type": "llama",
-                "hidden_size": 64,
-                "intermediate_size": 128,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 2,
-            }
-        },  # fmt: skip
+        "model": {"arch": {**tiny_arch, "hidden_size": 64, "intermediate_size": 128}},
         "lora": {"r": 0},
         "train": {
             "epochs": 1,

@@ -40,9 +40,6 @@ data:
   sources:
     - {{name: docs, kind: real, builtin: python_docs, max_examples: 60}}
     - {{name: syn, kind: synthetic, path: {ROOT / "data/tiny_synthetic.jsonl"}, max_examples: 80}}
-model:
-  arch: {{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-          num_attention_heads: 2, num_key_value_heads: 2}}
 lora: {{r: 4, alpha: 8, dropout: 0.1}}
 train: {{epochs: 1, per_device_train_batch_size: 4, seq_len: 64, learning_rate: 0.01, warmup_steps: 2,
          progress: false}}
@@ -69,13 +66,15 @@ def _torchrun(*args: str | Path) -> list[str]:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
+    # The venv's console scripts (synthmix, accelerate), as an activated venv would have them.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("ACCELERATE_USE_CPU", None)  # the trainer itself must join torchrun's processes on a CPU machine
     return env
 
 
-def _launch(*args: str | Path) -> subprocess.CompletedProcess:
+def _launch(*args: str | Path, command: list[str] | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        _torchrun(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+        command or _torchrun(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
     )
     assert done.returncode == 0, f"launch failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return done
@@ -103,10 +102,11 @@ def _assert_identical(a: dict, b: dict, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> Path:
+def tiny_config(tmp_path_factory, tiny_arch) -> Path:
     folder = tmp_path_factory.mktemp("distributed")
     path = folder / "tiny.yaml"
-    path.write_text(TINY_CONFIG.replace("CACHE", str(folder / "cache")))
+    model = yaml.safe_dump({"model": {"arch": dict(tiny_arch)}})
+    path.write_text(TINY_CONFIG.replace("CACHE", str(folder / "cache")) + model)
     return path
 
 
@@ -183,13 +183,34 @@ def test_each_rank_trains_on_exactly_its_share(probe_run: Path, mixers: dict):
     for rank, mixer in enumerate(mixers["ranks"]):
         pieces = json.loads((probe_run / f"rank{rank}.json").read_text())
         seen: list[list] = []  # pieces joined back into whole entries, in the order they were trained on
-        for source, index, start, length in pieces:
+        for _, _, source, index, start, length in pieces:
             if start > 0 and seen and seen[-1][:2] == [source, index] and seen[-1][2] == start:
                 seen[-1][2] += length
             else:
                 assert start == 0, f"rank {rank}: {source}[{index}] resumes at {start} out of order"
                 seen.append([source, index, length])
         assert [tuple(e) for e in seen] == _entries(corpora, mixer.shard_plan(1)), f"rank {rank}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["torchrun", "--standalone", f"--nproc_per_node={WORLD_SIZE}", "--no-python"],
+        ["accelerate", "launch", "--multi_gpu", f"--num_processes={WORLD_SIZE}", "--no_python"],
+    ],
+    ids=["torchrun", "accelerate"],
+)
+def test_synthmix_train_itself_launches_under_torchrun_and_accelerate(
+    tiny_config: Path, reference_run: Path, launcher: list[str]
+):
+    """The README's forms `torchrun --no-python synthmix train` and `accelerate launch --no_python synthmix
+    train` run the same two-process job as `torchrun -m trainer`: one group, the same adapter, bit for bit."""
+    output_dir = tiny_config.parent / f"console-{launcher[0]}"
+    _launch(command=[*launcher, "synthmix", "train", "--config", str(tiny_config), "--output_dir", str(output_dir)])
+    [config] = _events(output_dir, "config")
+    assert (config["world_size"], config["distributed_type"]) == (WORLD_SIZE, "MULTI_CPU")
+    _assert_identical(_adapter(output_dir), _adapter(reference_run), f"{launcher[0]} vs torchrun -m trainer")
 
 
 # ---------------------------------------------------------------------------------------------- gradients

@@ -13,20 +13,19 @@ from trainer.config import LoraConfig, ModelConfig
 from trainer.errors import TrainerError
 from trainer.model import add_lora, build_model, resolve_dtype
 
-ARCH = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-}
 IDS = torch.tensor([[5, 17, 42, 99, 7, 250, 3]])
 
 
-def built(tokenizer, seed: int = 0, **model: object) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig(arch=dict(ARCH), **model), tokenizer, torch.float32)  # type: ignore[arg-type]
+@pytest.fixture(scope="module")
+def built(tiny_arch):
+    """`built(tokenizer, seed, **model_config)`: the tiny Llama (two layers) through `build_model`."""
+
+    def build(tokenizer, seed: int = 0, **model: object) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        arch = {**tiny_arch, "num_hidden_layers": 2}
+        return build_model(ModelConfig(arch=arch, **model), tokenizer, torch.float32)  # type: ignore[arg-type]
+
+    return build
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -34,7 +33,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_a_built_model_is_a_function_of_the_torch_seed(tiny_tokenizer) -> None:
+def test_a_built_model_is_a_function_of_the_torch_seed(tiny_tokenizer, built) -> None:
     first, again, other = built(tiny_tokenizer, 0), built(tiny_tokenizer, 0), built(tiny_tokenizer, 1)
     assert same_weights(first, again) and not same_weights(first, other)
     assert first.get_input_embeddings().num_embeddings == len(tiny_tokenizer)
@@ -42,38 +41,38 @@ def test_a_built_model_is_a_function_of_the_torch_seed(tiny_tokenizer) -> None:
     assert first.config.eos_token_id == tiny_tokenizer.eos_token_id
 
 
-def test_a_saved_model_loads_by_path(tiny_tokenizer, tmp_path: Path) -> None:
+def test_a_saved_model_loads_by_path(tiny_tokenizer, built, tmp_path: Path) -> None:
     model = built(tiny_tokenizer)
     model.save_pretrained(tmp_path / "base")
     loaded = build_model(ModelConfig(name=str(tmp_path / "base")), tiny_tokenizer, torch.float32)
     assert same_weights(model, loaded)
 
 
-def test_a_model_that_cannot_load_names_model_name(tiny_tokenizer, tmp_path: Path) -> None:
+def test_a_model_that_cannot_load_names_model_name(tiny_tokenizer, built, tmp_path: Path) -> None:
     missing = str(tmp_path / "missing")
     with pytest.raises(TrainerError, match=rf"^model.name '{missing}': cannot load"):
         build_model(ModelConfig(name=missing), tiny_tokenizer, torch.float32)
 
 
-def test_an_unknown_architecture_names_model_arch(tiny_tokenizer) -> None:
+def test_an_unknown_architecture_names_model_arch(tiny_tokenizer, built) -> None:
     with pytest.raises(TrainerError, match=r"^model.arch: "):
         build_model(ModelConfig(arch={"model_type": "no-such-model"}), tiny_tokenizer, torch.float32)
 
 
-def test_a_tokenizer_larger_than_the_embedding_is_refused(tiny_tokenizer) -> None:
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tiny_tokenizer, tiny_arch) -> None:
     with pytest.raises(TrainerError, match=r"the tokenizer has 300 tokens but the model's embedding only 100"):
-        build_model(ModelConfig(arch={**ARCH, "vocab_size": 100}), tiny_tokenizer, torch.float32)
+        build_model(ModelConfig(arch={**tiny_arch, "vocab_size": 100}), tiny_tokenizer, torch.float32)
 
 
-def test_dtype_is_as_configured_and_float32_on_cpu_by_default(tiny_tokenizer) -> None:
+def test_dtype_is_as_configured_and_float32_on_cpu_by_default(tiny_tokenizer, tiny_arch) -> None:
     assert resolve_dtype(ModelConfig(dtype="auto"), on_gpu=False) == torch.float32
     assert resolve_dtype(ModelConfig(dtype="bfloat16"), on_gpu=False) == torch.bfloat16
-    model = build_model(ModelConfig(arch=dict(ARCH)), tiny_tokenizer, torch.bfloat16)
+    model = build_model(ModelConfig(arch=dict(tiny_arch)), tiny_tokenizer, torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 @torch.no_grad()
-def test_lora_adapts_only_the_target_modules_and_starts_as_the_base_model(tiny_tokenizer) -> None:
+def test_lora_adapts_only_the_target_modules_and_starts_as_the_base_model(tiny_tokenizer, built) -> None:
     base_logits = built(tiny_tokenizer).eval()(input_ids=IDS).logits
     model = add_lora(built(tiny_tokenizer), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     assert isinstance(model, PeftModel)
@@ -83,18 +82,18 @@ def test_lora_adapts_only_the_target_modules_and_starts_as_the_base_model(tiny_t
     torch.testing.assert_close(model.eval()(input_ids=IDS).logits, base_logits, rtol=0, atol=0)
 
 
-def test_lora_r_zero_leaves_every_weight_trainable(tiny_tokenizer) -> None:
+def test_lora_r_zero_leaves_every_weight_trainable(tiny_tokenizer, built) -> None:
     model = built(tiny_tokenizer)
     assert add_lora(model, LoraConfig(r=0)) is model
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_an_unknown_target_module_names_lora_target_modules(tiny_tokenizer) -> None:
+def test_an_unknown_target_module_names_lora_target_modules(tiny_tokenizer, built) -> None:
     with pytest.raises(TrainerError, match=r"^lora.target_modules \['nope'\]: "):
         add_lora(built(tiny_tokenizer), LoraConfig(target_modules=["nope"]))
 
 
-def test_lora_with_gradient_checkpointing_trains_the_adapters_without_warnings(tiny_tokenizer) -> None:
+def test_lora_with_gradient_checkpointing_trains_the_adapters_without_warnings(tiny_tokenizer, built) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         model = add_lora(built(tiny_tokenizer, gradient_checkpointing=True), LoraConfig(r=4))

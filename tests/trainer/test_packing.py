@@ -14,14 +14,6 @@ from trainer.model import build_model
 from trainer.packing import IGNORE, KIND_CODES, PAD_KIND, pack_rows, token_losses
 
 PAD = 1
-ARCH = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-}
 
 
 def piece(ids, kind: str = "real", mask=None, start: int = 0) -> Example:
@@ -30,9 +22,10 @@ def piece(ids, kind: str = "real", mask=None, start: int = 0) -> Example:
 
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
-def model(request, tiny_tokenizer):
+def model(request, tiny_tokenizer, tiny_arch):
     torch.manual_seed(0)
-    built = build_model(ModelConfig(arch=ARCH, attn_implementation=request.param), tiny_tokenizer, torch.float32)
+    arch = {**tiny_arch, "num_hidden_layers": 2, "num_attention_heads": 4}  # two layers, grouped-query attention
+    built = build_model(ModelConfig(arch=arch, attn_implementation=request.param), tiny_tokenizer, torch.float32)
     assert built.config._attn_implementation == request.param
     return built.eval()
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import load_config
-from trainer.generation import SamplingConfig
+from synthmix.cli import main as synthmix
+from trainer.config import SamplingConfig, load_config
 from trainer.loop import train
-from trainer.recursive import SUMMARY, Experiment, main, run_experiment
+from trainer.recursive import SUMMARY, Experiment, run_experiment
 
 REPO = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def base_model(tmp_path_factory: pytest.TempPathFactory, tiny_arch) -> Path:
     """A tiny base model, fully trained for a few steps on the real text, saved with its tokenizer."""
     root = tmp_path_factory.mktemp("base")
     config = {
@@ -28,16 +28,7 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "sources": [{"name": "docs", "kind": "real", "builtin": "python_docs", "max_examples": 80}],
             "held_out": {"fraction": 0.1},
         },
-        "model": {
-            "arch": {
-                "model_type": "llama",
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 2,
-            }
-        },
+        "model": {"arch": dict(tiny_arch)},
         "lora": {"r": 0},
         "train": {
             "epochs": 8,  # a base close to converged, so drifting away from the real data shows
@@ -134,12 +125,12 @@ def test_a_longer_run_continues_where_the_shorter_one_stopped(tmp_path: Path, ba
 def test_the_command_line_reports_bad_input_in_one_line(
     tmp_path: Path, base_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config_path = experiment_config(tmp_path, base_model)
-    assert main(["--config", str(config_path), "--strategy", "replace", "--generations", "0"]) == 2
+    recursive = ["recursive", "--config", str(experiment_config(tmp_path, base_model))]
+    assert synthmix([*recursive, "--strategy", "replace", "--generations", "0"]) == 2
     assert "--generations: must be at least 1" in capsys.readouterr().err
-    assert main(["--config", str(config_path), "--strategy", "fixed_real", "--real-fraction", "1.5"]) == 2
+    assert synthmix([*recursive, "--strategy", "fixed_real", "--real-fraction", "1.5"]) == 2
     assert "--real-fraction" in capsys.readouterr().err
-    assert main(["--config", str(config_path), "--strategy", "replace", "--data.synthetic_ratoi", "1"]) == 2
+    assert synthmix([*recursive, "--strategy", "replace", "--data.synthetic_ratoi", "1"]) == 2
     assert "did you mean" in capsys.readouterr().err
 
 

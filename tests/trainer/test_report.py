@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.report import COLLAPSE_DIRECTION, main, write_report
+from synthmix.cli import main as synthmix
+from trainer.report import COLLAPSE_DIRECTION, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 INDICATORS = list(COLLAPSE_DIRECTION)
@@ -105,19 +106,19 @@ def test_comparison_labels_each_run_by_folder_and_ratio(tmp_path):
 
 def test_cli_writes_where_out_says_and_prints_the_path(tmp_path, capsys):
     out = tmp_path / "elsewhere" / "report.html"
-    assert main([str(write_run(tmp_path / "run")), "--out", str(out)]) == 0
+    assert synthmix(["report", str(write_run(tmp_path / "run")), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out) and out.is_file()
 
 
 def test_cli_missing_folder_exits_2_naming_it(tmp_path, capsys):
-    assert main([str(tmp_path / "nope")]) == 2
+    assert synthmix(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nope") in err and "not found" in err and "Traceback" not in err
 
 
 def test_cli_missing_metrics_exits_2_naming_the_file(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main([str(tmp_path / "empty")]) == 2
+    assert synthmix(["report", str(tmp_path / "empty")]) == 2
     assert str(tmp_path / "empty" / "metrics.jsonl") in capsys.readouterr().err
 
 
@@ -127,7 +128,7 @@ def test_cli_bad_json_line_exits_2_with_its_line_number(tmp_path):
         f.write('{"event": "train", "step": \n')
     line = len((run / "metrics.jsonl").read_text().splitlines())
     done = subprocess.run(
-        [sys.executable, "-m", "trainer.report", str(run)], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "synthmix", "report", str(run)], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line, no traceback

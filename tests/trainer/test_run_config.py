@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from data_mixers.config import merge
-from data_mixers.errors import ConfigError
+from synthmix.errors import ConfigError
+from synthmix.schema import apply_overrides, flatten
 from trainer.config import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +23,10 @@ MINIMAL = {
     "data": {"sources": [{"name": "docs", "kind": "real", "builtin": "python_docs"}]},
     "model": {"arch": {"model_type": "llama", "hidden_size": 32}},
 }
+
+
+def merge(raw: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    return apply_overrides(raw, flatten(changes).items())
 
 
 def write(tmp_path: Path, raw: dict[str, Any]) -> Path:
@@ -44,7 +48,7 @@ def error_of(tmp_path: Path, raw: dict[str, Any], overrides: list[str] | None = 
 def test_every_shipped_config_loads_and_opens_with_the_command_that_runs_it(path: Path) -> None:
     assert isinstance(load_config(path), RunConfig)
     header = list(itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines()))
-    assert any("-m trainer" in line and f"--config configs/{path.name}" in line for line in header)
+    assert any("synthmix " in line and f"--config configs/{path.name}" in line for line in header)
 
 
 def test_shipped_configs_are_found() -> None:
@@ -134,6 +138,22 @@ def test_the_model_needs_exactly_one_of_name_and_arch(tmp_path: Path, model: dic
         (["--train.learning_rate", "0"], "train.learning_rate: must be > 0, got 0.0"),
         (["--lora.r", "-1"], "lora.r: must be >= 0 (0 trains the full model), got -1"),
         (["--data.synthetic_ratio", "1.5"], "data.synthetic_ratio: must be in [0, 1], got 1.5"),
+        (["--collapse.sampling.top_p", "0"], "collapse.sampling.top_p: must be in (0, 1], got 0.0"),
+        (["--collapse.sampling.max_new_tokens", "0"], "collapse.sampling.max_new_tokens: must be at least 1, got 0"),
+        (["--train.warmup_steps", "-2"], "train.warmup_steps: must be >= 0, got -2"),
+        (
+            ["--train.seq_len", "4096", "--model.arch.max_position_embeddings", "2048"],
+            "train.seq_len: 4096 is more than the model's max_position_embeddings (2048)",
+        ),
+        (
+            ["--collapse.eval_seq_len", "512", "--model.arch.max_position_embeddings", "256"],
+            "collapse.eval_seq_len: 512 is more than the model's max_position_embeddings (256)",
+        ),
+        (
+            ["--model.attn_implementation", "flash_attention_2"],
+            "model.attn_implementation: 'flash_attention_2' ignores the 4D block-diagonal mask that keeps packed "
+            "examples apart, so they would attend to each other; use one of sdpa, eager",
+        ),
     ],
 )
 def test_values_out_of_range_name_the_key(tmp_path: Path, overrides: list[str], expected: str) -> None:
@@ -149,3 +169,22 @@ def test_a_config_can_come_from_overrides_alone() -> None:
     sources = "[{name: d, builtin: python_docs}]"
     config = load_config(None, ["--model.arch.model_type", "llama", "--data.sources", sources])
     assert config.model.arch == {"model_type": "llama"} and config.data.sources[0].kind == "real"
+
+
+def test_an_override_can_replace_a_mapping_to_switch_from_arch_to_a_named_model(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    assert "not both" in error_of(tmp_path, MINIMAL, ["--model.name", "some/model"])
+    config = load_config(path, ["--model.arch", "{}", "--model.name", "some/model"])
+    assert (config.model.arch, config.model.name) == ({}, "some/model")
+
+
+def test_a_model_types_default_position_limit_and_a_local_models_own_are_checked(tmp_path: Path) -> None:
+    # llama's default max_position_embeddings is 2048; a local folder's config.json says its own.
+    assert "(2048)" in error_of(tmp_path, MINIMAL, ["--train.seq_len", "4096"])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 128}')
+    raw = {**MINIMAL, "model": {"name": str(folder)}}
+    assert error_of(tmp_path, raw, ["--train.seq_len", "256"]) == (
+        "train.seq_len: 256 is more than the model's max_position_embeddings (128)"
+    )

@@ -1,4 +1,5 @@
-"""`python -m data_mixers inspect`: tables, --json, overrides, --dump, and one-line errors with exit code 2.
+"""`synthmix inspect`: tables, --json, overrides, --dump, one-line errors with exit code 2, and the
+`python -m data_mixers inspect` alias; a config with only a data section can be inspected.
 
 Runs in-process (main(argv)) from the repository root, as a user would, with the tokenizer cache in a
 temporary folder so the tests never touch .cache/.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from data_mixers.__main__ import main
+from synthmix.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,6 +112,14 @@ def test_missing_source_file_and_missing_config(inspect, tmp_path: Path) -> None
     assert message.startswith("error: source 'gen': nowhere.jsonl: file does not exist")
     message = one_line_error(inspect, config=str(tmp_path / "missing.yaml"))
     assert message == f"error: {tmp_path / 'missing.yaml'}: config file does not exist"
+
+
+def test_a_config_with_only_a_data_section_is_inspected(inspect, tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("data:\n  sources:\n    - {name: docs, kind: real, builtin: python_docs, max_examples: 20}\n")
+    code, out, err = inspect("--json", config=str(config))
+    assert (code, err) == (0, "")
+    assert json.loads(out)["epochs"][0]["examples"]["real"] == 19  # 20 loaded, 1 held out
 
 
 def test_module_entry_point_runs(cache: str) -> None:

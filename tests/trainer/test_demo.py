@@ -1,36 +1,25 @@
-"""`make demo`'s pipeline end to end, reduced: pre-train a base, sample a corpus from it, LoRA on the mix."""
+"""`synthmix demo` (what `make demo` runs) end to end, reduced: pre-train a base, sample a corpus from it, LoRA
+on the mix; a second run takes the first two stages from the cache."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from synthmix.cli import main as synthmix
+
 REPO = Path(__file__).parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-
-from demo import main  # noqa: E402
-
-ARCH = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "tie_word_embeddings": True,
-}
 
 
-def write_configs(tmp_path: Path) -> tuple[Path, Path]:
+def write_configs(tmp_path: Path, arch: dict) -> tuple[Path, Path]:
     """The demo's two configs with the same structure, shrunk to seconds."""
     base = yaml.safe_load((REPO / "configs/demo_base.yaml").read_text())
     base["tokenizer"] = {"vocab_size": 384, "cache_dir": str(tmp_path / "tok")}
     base["data"]["sources"][0]["max_examples"] = 60
-    base["model"]["arch"] = ARCH
+    base["model"]["arch"] = {**arch, "tie_word_embeddings": True}
     base["train"].update(epochs=2, per_device_train_batch_size=8, seq_len=64, warmup_steps=2, progress=False)
     demo = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
     demo["output_dir"] = str(tmp_path / "run")
@@ -45,10 +34,11 @@ def write_configs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_the_demo_pipeline_runs_end_to_end_and_caches_its_first_stages(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_arch
 ) -> None:
-    base_config, demo_config = write_configs(tmp_path)
+    base_config, demo_config = write_configs(tmp_path, dict(tiny_arch))
     args = [
+        "demo",
         "--cache-dir",
         str(tmp_path / "cache"),
         "--base-config",
@@ -58,7 +48,7 @@ def test_the_demo_pipeline_runs_end_to_end_and_caches_its_first_stages(
         "--samples",
         "300",
     ]
-    assert main(args) == 0
+    assert synthmix(args) == 0
     out = capsys.readouterr().out
     assert "report:" in out and "adapter:" in out
     run = tmp_path / "run"
@@ -74,6 +64,6 @@ def test_the_demo_pipeline_runs_end_to_end_and_caches_its_first_stages(
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["name"] == str(tmp_path / "cache" / "base")
 
-    assert main(args + ["--train.epochs", "1"]) == 0  # stages 1 and 2 come from the cache
+    assert synthmix(args + ["--train.epochs", "1"]) == 0  # stages 1 and 2 come from the cache
     out = capsys.readouterr().out
     assert "[1/3] base model: cached" in out and "[2/3] synthetic corpus: cached" in out

@@ -1,4 +1,4 @@
-"""scripts/generate_synthetic.py: the command line end to end on a saved tiny model, and its error cases."""
+"""`synthmix generate`: the command line end to end on a saved tiny model, and its error cases."""
 
 from __future__ import annotations
 
@@ -9,57 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "generate_synthetic.py"
+from synthmix.cli import main as synthmix
+
 TEXTS = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:30]
-
-sys.path.insert(0, str(SCRIPT.parent))
-from generate_synthetic import main  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from more threads, and a busy shared CPU makes several threads much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def model_dir(tmp_path_factory, tiny_tokenizer, tiny_model) -> Path:
     """A tiny Llama and its locally trained tokenizer, saved the way a user's checkpoint is."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        TEXTS,
-        trainer=trainers.BpeTrainer(
-            vocab_size=320,
-            special_tokens=["<|endoftext|>", "<|pad|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
     folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_model(tiny_tokenizer, hidden_size=64, intermediate_size=128, num_hidden_layers=2).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -72,7 +34,9 @@ def prompts_file(tmp_path) -> Path:
 
 def run(model_dir: Path, prompts: Path, out: Path, *extra: str) -> int:
     args = ["--model", str(model_dir), "--prompts", str(prompts), "--out", str(out), "--device", "cpu"]
-    return main([*args, "--n", "6", "--prompt-tokens", "5", "--max-new-tokens", "8", "--batch-size", "4", *extra])
+    return synthmix(
+        ["generate", *args, "--n", "6", "--prompt-tokens", "5", "--max-new-tokens", "8", "--batch-size", "4", *extra]
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -107,7 +71,7 @@ def test_text_paragraphs_beam_search_and_adapter(model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     adapter = tmp_path / "adapter"
-    base = LlamaForCausalLM.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
     get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
     prompts = tmp_path / "real.txt"
     prompts.write_text("\n\n".join(TEXTS[:5]) + "\n", encoding="utf-8")
@@ -123,9 +87,9 @@ def test_text_paragraphs_beam_search_and_adapter(model_dir, tmp_path):
 @pytest.mark.parametrize(
     "content, expected",
     [
-        (None, "prompts file does not exist"),
-        ("", "no prompt texts"),
-        ('{"body": "hello"}\n', "no field 'text'"),
+        (None, "file does not exist"),
+        ("", "no examples"),
+        ('{"body": "hello"}\n', "no field 'text' (fields: body)"),
         ('{"text": "ok"}\nnot json\n', ":2: invalid JSON"),
     ],
 )
@@ -146,7 +110,7 @@ def test_prompts_too_short_and_bad_sampling(model_dir, tmp_path, capsys):
     assert run(model_dir, prompts, tmp_path / "out.jsonl") == 2
     assert "prompt_tokens=5" in capsys.readouterr().err
     assert run(model_dir, prompts, tmp_path / "out.jsonl", "--top-p", "0") == 2
-    assert "top_p" in capsys.readouterr().err
+    assert "error: --top-p: must be in (0, 1], got 0.0" in capsys.readouterr().err
 
 
 def test_missing_model_is_one_line(tmp_path, prompts_file, capsys):
@@ -160,7 +124,7 @@ def test_command_line_process(tmp_path):
     """Run as users do, from another directory: no traceback, exit code 2, the file named."""
     missing = tmp_path / "missing.jsonl"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--model", "unused", "--prompts", str(missing)],
+        [sys.executable, "-m", "synthmix", "generate", "--model", "unused", "--prompts", str(missing)],
         capture_output=True,
         text=True,
         cwd=tmp_path,

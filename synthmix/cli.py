@@ -1,0 +1,317 @@
+"""`synthmix`: one command for every job, and the one error edge they share.
+
+    synthmix train     --config CONFIG [--resume latest|PATH] [--section.key VALUE ...]
+    synthmix inspect   --config CONFIG [--json] [--dump FILE] [--epochs N] [--section.key VALUE ...]
+    synthmix report    RUN_DIR [RUN_DIR ...] [--out FILE]
+    synthmix recursive --config CONFIG --strategy replace|accumulate|fixed_real [--generations G] ...
+    synthmix generate  --model MODEL --prompts FILE [--n N] [--out FILE] [sampling flags]
+    synthmix demo      [--samples N] [--cache-dir DIR] [--section.key VALUE ...]
+
+An error the user can fix (a `UserError`: a bad key, a missing file, a malformed line, a full disk) prints one
+line `error: ...` and exits 2; `--debug` also prints its traceback. Any other exception is a bug: its traceback
+is printed as Python prints it. Heavy libraries are imported only by the command that needs them, so `--help`
+and configuration errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from synthmix.errors import ConfigError, UserError
+
+Handler = Callable[[argparse.Namespace, list[str]], None]
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None, prog: str = "synthmix") -> int:
+    """Parse the command line, run the chosen job, and turn a UserError into one line on stderr (exit 2)."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser(prog, argv)
+    args, rest = parser.parse_known_args(argv)
+    handler: Handler = args.handler
+    if rest and not args.overrides:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        _quiet_libraries()
+        handler(args, rest)
+    except UserError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _quiet_libraries() -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked eval/sampling otherwise warns
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+# ---------------------------------------------------------------------------------------------- the parser
+def _parser(prog: str, argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="LoRA fine-tuning on an exact real/synthetic mix, with model-collapse monitoring.",
+        epilog="Run `synthmix COMMAND --help` for a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    for name, spec in COMMANDS.items():
+        command = commands.add_parser(
+            name,
+            help=spec.summary,
+            description=spec.summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            # The config reference imports the config classes: built only when help is asked for.
+            epilog=_config_epilog() if spec.overrides and wants_help and name in argv else None,
+        )
+        spec.arguments(command)
+        command.add_argument("--debug", action="store_true", help="show the traceback of an error")
+        command.set_defaults(handler=spec.handler, overrides=spec.overrides)
+    return parser
+
+
+def _config_epilog() -> str:
+    from synthmix.schema import format_reference
+    from trainer.config import RunConfig
+
+    return (
+        "Any key of the run config can be set with --KEY VALUE (values are YAML: 0.3, true, null, [a, b], {}); "
+        "a mapping value replaces the mapping.\n\nconfig keys:\n" + format_reference(RunConfig)
+    )
+
+
+def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, type=Path, help="run config (YAML)")
+
+
+def _load(path: Path | None, overrides: list[str], data_only: bool = False) -> Any:
+    from trainer.config import load_config
+
+    return load_config(path, overrides, data_only=data_only)
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config(parser, required=False)
+    parser.add_argument("--resume", help="continue from 'latest' (the newest intact checkpoint) or a checkpoint folder")
+
+
+def _train(args: argparse.Namespace, overrides: list[str]) -> None:
+    config = _load(args.config, overrides)
+    from trainer.loop import train
+
+    print(f"run folder: {train(config, resume=args.resume)}")
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--dump", type=Path, help="write epoch 1's stream as JSONL (source, kind, index, n_tokens)")
+    parser.add_argument("--epochs", type=int, help="epochs to plan (default: train.epochs of the config)")
+
+
+def _inspect(args: argparse.Namespace, overrides: list[str]) -> None:
+    config = _load(args.config, overrides, data_only=True)
+    from data_mixers.inspect import format_report, inspect_mix
+
+    epochs = args.epochs if args.epochs is not None else config.train.epochs
+    if epochs < 1:
+        raise ConfigError(f"--epochs: must be at least 1, got {epochs}")
+    report = {"config": str(args.config), **inspect_mix(config.data, config.tokenizer, config.seed, epochs, args.dump)}
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folder(s) with metrics.jsonl")
+    parser.add_argument("--out", type=Path, help="HTML file to write (default RUN_DIR/report.html or compare.html)")
+
+
+def _report(args: argparse.Namespace, overrides: list[str]) -> None:
+    from trainer.report import write_report
+
+    print(write_report(args.run_dirs, args.out))
+
+
+# ---------------------------------------------------------------------------------------------- sampling flags
+def _sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int, top_p: float) -> None:
+    """One flag per SamplingConfig field; the defaults differ per job and are given here."""
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens generated per prompt")
+    group.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 is greedy")
+    group.add_argument("--top-p", type=float, default=top_p, help="nucleus sampling; 1.0 is off")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 is off")
+    group.add_argument("--num-beams", type=int, default=1, help="beams; > 1 with --no-do-sample is beam search")
+    group.add_argument(
+        "--do-sample",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-do-sample decodes greedily, or with beam search when --num-beams > 1",
+    )
+    group.add_argument("--batch-size", type=int, default=32, help="prompts generated together")
+
+
+def _sampling(args: argparse.Namespace, seed: int) -> Any:
+    from trainer.config import SamplingConfig, validate_sampling
+
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        num_beams=args.num_beams,
+        do_sample=args.do_sample,
+        batch_size=args.batch_size,
+        seed=seed,
+    )
+    validate_sampling(sampling, lambda name: "--" + name.replace("_", "-"))
+    return sampling
+
+
+# ---------------------------------------------------------------------------------------------- recursive
+def _recursive_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config(parser)
+    parser.add_argument(
+        "--strategy",
+        choices=("replace", "accumulate", "fixed_real"),
+        required=True,
+        help="replace: newest corpus only; accumulate: real + every corpus; fixed_real: a fixed real share",
+    )
+    parser.add_argument("--generations", type=int, default=5, help="generations to train (default 5)")
+    parser.add_argument("--real-fraction", type=float, default=0.2, help="fixed_real: share of real data")
+    parser.add_argument("--samples", type=int, help="texts sampled per generation (default: as many as real)")
+    parser.add_argument("--run-dir", type=Path, help="where the generations go (default: OUTPUT_DIR/<strategy>)")
+    # Truncated sampling by default: it cuts each generation's tail, so collapse shows within a few generations.
+    _sampling_arguments(parser, max_new_tokens=112, top_p=0.9)
+
+
+def _recursive(args: argparse.Namespace, overrides: list[str]) -> None:
+    config = _load(args.config, overrides)
+    from data_mixers.corpus import real_training_texts
+    from trainer.recursive import SUMMARY, Experiment, run_experiment
+
+    if args.generations < 1:
+        raise ConfigError(f"--generations: must be at least 1, got {args.generations}")
+    if not 0 < args.real_fraction < 1:
+        raise ConfigError(f"--real-fraction: must be in (0, 1), got {args.real_fraction}")
+    if args.samples is not None and args.samples < 1:
+        raise ConfigError(f"--samples: must be at least 1, got {args.samples}")
+    experiment = Experiment(
+        config=config,
+        run_dir=args.run_dir or Path(config.output_dir) / args.strategy,
+        generations=args.generations,
+        strategy=args.strategy,
+        real_fraction=args.real_fraction,
+        samples=args.samples or len(real_training_texts(config.data)),
+        sampling=_sampling(args, seed=config.seed),
+    )
+    print(f"generations: {run_experiment(experiment) / SUMMARY}")
+
+
+# ---------------------------------------------------------------------------------------------- generate
+def _generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub name or local folder of a causal LM")
+    parser.add_argument("--tokenizer", help="hub name or folder (default: --model)")
+    parser.add_argument("--adapter", help="peft adapter folder applied on top of --model")
+    parser.add_argument("--prompts", required=True, type=Path, help="JSONL, Parquet, CSV or .txt file of real texts")
+    parser.add_argument("--text-field", default="text", help="field holding the text (default: text)")
+    parser.add_argument("--n", type=int, default=1000, help="samples to write (default: 1000)")
+    parser.add_argument("--prompt-tokens", type=int, default=16, help="tokens of real text per prompt (default: 16)")
+    parser.add_argument("--out", type=Path, default=Path("synthetic.jsonl"), help="output JSONL file")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub to run")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if present")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the prompt choice and the sampling")
+    _sampling_arguments(parser, max_new_tokens=128, top_p=1.0)
+
+
+def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
+    for flag, value in (("--n", args.n), ("--prompt-tokens", args.prompt_tokens)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be at least 1, got {value}")
+    sampling = _sampling(args, seed=args.seed)
+    from data_mixers.config import SourceConfig
+    from data_mixers.sources import load_source
+    from trainer.model import load_for_sampling
+    from trainer.synthetic import generate_corpus
+
+    prompts = load_source(SourceConfig(name="prompts", path=str(args.prompts), text_field=args.text_field))
+    model, tokenizer = load_for_sampling(
+        args.model, args.tokenizer or args.model, args.adapter, args.trust_remote_code, args.device
+    )
+    generator = args.model + (f" + adapter {args.adapter}" if args.adapter else "")
+    written = generate_corpus(
+        model, tokenizer, list(prompts.items), args.n, args.prompt_tokens, sampling,
+        generator_name=generator, prompt_file=str(args.prompts), out_path=args.out, progress=True,
+    )  # fmt: skip
+    print(f"wrote {written} samples to {args.out}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/synthmix/demo"), help="stages 1-2 cache")
+    parser.add_argument("--base-config", type=Path, default=Path("configs/demo_base.yaml"), help="stage 1 config")
+    parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="stage 3 config")
+    parser.add_argument("--samples", type=int, default=1200, help="synthetic passages (~110k tokens by default)")
+
+
+def _demo(args: argparse.Namespace, overrides: list[str]) -> None:
+    base_config = _load(args.base_config, ["--output_dir", str(args.cache_dir / "base-run")])
+    config = _load(args.config, overrides)  # the overrides apply to stage 3
+    from trainer.demo import run_demo
+
+    result = run_demo(base_config, config, args.cache_dir, args.samples)
+    print(f"\ndone in {result.seconds:.0f} s")
+    print(f"report:  {result.run_dir / 'report.html'}")
+    print(f"adapter: {result.run_dir / 'adapter'}  (PeftModel.from_pretrained(base, this folder); base: {result.base})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: its one-line summary, its arguments, what it runs, whether it takes config overrides."""
+
+    summary: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Handler
+    overrides: bool
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("fine-tune with LoRA on the configured real/synthetic mix", _train_arguments, _train, True),
+    "inspect": Command(
+        "show what training would see: sources, and per epoch the exact mix", _inspect_arguments, _inspect, True
+    ),
+    "report": Command("write the HTML report of one run, or compare several", _report_arguments, _report, False),
+    "recursive": Command(
+        "the self-consuming loop: generations trained on their own output", _recursive_arguments, _recursive, True
+    ),
+    "generate": Command(
+        "sample a synthetic corpus from a model, with provenance", _generate_arguments, _generate, False
+    ),
+    "demo": Command(
+        "the offline demo: base model, synthetic corpus, LoRA with the collapse hook", _demo_arguments, _demo, True
+    ),
+}

@@ -1,0 +1,170 @@
+"""Files and folders that are never half-written: written beside their place, fsynced, then renamed into it.
+
+A full disk is a fixable problem, not a bug: every writer here turns ENOSPC/EDQUOT into a `DiskFullError`
+that names the path and the free space, after removing its own temporary file, so what was in place before
+(a sealed checkpoint, a cache entry) is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from synthmix.errors import DiskFullError
+
+_TEMP_MARK = ".tmp-"
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh hidden name beside `path`, unique across processes (pid + random), marked as temporary."""
+    return path.with_name(f".{path.name}{_TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete what a crash left behind while writing into `folder` (its temporary files and folders)."""
+    if not folder.is_dir():
+        return
+    for leftover in folder.glob(f".*{_TEMP_MARK}*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
+    """A handle on a temporary file beside `path`, renamed onto `path` only if the block completes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    encoding = None if "b" in mode else "utf-8"
+    try:
+        with disk_full_is_an_error(path), open(temporary, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        fsync_folder(path.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text(path: Path | str, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    with atomic_file(path) as handle:
+        handle.write(text)
+
+
+def write_json(path: Path | str, data: Any) -> None:
+    """Write `data` as indented, key-sorted JSON to `path` atomically."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path | str, replace: bool = True) -> Iterator[Path]:
+    """A temporary folder beside `path` to fill; fsynced and renamed onto `path` when the block completes.
+
+    `replace=False` is "first writer wins": when `path` appeared meanwhile (another process built the same
+    thing), ours is discarded. A failure inside the block removes the temporary folder and re-raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    temporary.mkdir()
+    try:
+        with disk_full_is_an_error(path):
+            yield temporary
+            fsync_tree(temporary)
+        _move_into_place(temporary, path, replace)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _move_into_place(temporary: Path, path: Path, replace: bool) -> None:
+    if path.exists():
+        if not replace:
+            return
+        # A folder cannot be renamed over a non-empty one: move the old one aside first, then drop it.
+        old = temporary_sibling(path)
+        os.replace(path, old)
+        os.replace(temporary, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            os.replace(temporary, path)
+        except OSError:
+            if not (replace is False and path.exists()):  # lost a race in first-writer-wins mode: fine
+                raise
+    fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def disk_full_is_an_error(path: Path) -> Iterator[None]:
+    """Turn "no space left on device" (or an exceeded quota) while writing `path` into a DiskFullError."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _FULL and not _is_full_message(err):
+            raise
+        raise DiskFullError(no_space_message(path)) from None
+    except RuntimeError as err:  # torch.save and safetensors wrap the OSError in their own exceptions
+        if not _is_full_message(err):
+            raise
+        raise DiskFullError(no_space_message(path)) from None
+
+
+def _is_full_message(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "no space left on device" in text or "disk quota exceeded" in text
+
+
+def no_space_message(path: Path) -> str:
+    """One line naming the path, the free space where it lies, and what to do."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+        room = f" ({_size(free)} free on that file system)"
+    except OSError:
+        room = ""
+    return (
+        f"no space left on device while writing {path}{room}; free some space there (old run folders, "
+        "checkpoints, .cache/synthmix) and run the same command again (add --resume latest to continue a run)"
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file below `folder`, then the folders themselves, so a rename publishes complete data."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        fsync_folder(sub)
+
+
+def fsync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename inside it survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,53 @@
+"""The plan of steps and the learning rate: how many optimizer steps an epoch takes, and the factor on the peak
+learning rate at each step (warm-up, then decay to 0 at the last planned step)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from data_mixers.mixer import Mixer
+from trainer.config import RunConfig, TrainConfig
+
+
+def tokens_per_step(config: RunConfig) -> int:
+    """Tokens one process takes from the stream per optimizer step."""
+    train = config.train
+    return train.seq_len * train.per_device_train_batch_size * train.gradient_accumulation_steps
+
+
+def steps_in_epoch(mixer: Mixer, epoch: int, config: RunConfig) -> int:
+    """Optimizer steps that cover the largest rank's share of `epoch` (smaller shares are padded)."""
+    return max(1, math.ceil(max(mixer.shard_tokens(epoch)) / tokens_per_step(config)))
+
+
+def lr_factor(train: TrainConfig, horizon: Callable[[], int]) -> Callable[[int], float]:
+    """The factor on the peak learning rate at each step, for `LambdaLR`. The horizon (the run's planned steps)
+    is read at every step, so it follows the plan: a `reduce_ratio` that shortens later epochs, or a resume
+    with other batch settings, moves the end of the decay with it."""
+    warmup, kind = train.warmup_steps, train.lr_scheduler
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, horizon() - warmup))
+        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def apply_hyperparameters(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, train: TrainConfig
+) -> None:
+    """After a resume: the optimizer's and scheduler's states carry the learning rate and weight decay they were
+    saved with; the config's values win (as the `resume` event says), at the schedule's current position."""
+    scheduler.base_lrs = [train.learning_rate for _ in optimizer.param_groups]
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = train.learning_rate
+        group["lr"] = train.learning_rate * factor(scheduler.last_epoch)
+        group["weight_decay"] = train.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

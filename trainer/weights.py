@@ -1,0 +1,137 @@
+"""The trainable weights and the optimizer state as stateful objects, whole on the main process whatever the
+launch (one process, DDP, or sharded parameters), through torch.distributed.checkpoint's state-dict API.
+
+Weights are keyed by the model's own parameter names in memory and stored in peft's adapter format (or as
+the full model with `lora.r: 0`), so a checkpoint's `adapter/` loads with `PeftModel.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from synthmix.files import disk_full_is_an_error
+from trainer.errors import TrainerError
+
+_GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _scatter_options(strict: bool) -> StateDictOptions:
+    # The main process's full state is sent to every rank (and sharded there, when parameters are sharded).
+    return StateDictOptions(full_state_dict=True, broadcast_from_rank0=_distributed(), strict=strict)
+
+
+class TrainableWeights:
+    """The parameters that training changes (the adapter, or every weight with `lora.r: 0`)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @property
+    def folder_name(self) -> str:
+        """`adapter` for a peft model, `model` for full training."""
+        return "adapter" if isinstance(self.model, PeftModel) else "model"
+
+    def trainable_names(self) -> set[str]:
+        """Names of the trainable parameters (a tied weight under its first name only)."""
+        return {name for name, param in self.model.named_parameters() if param.requires_grad}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor, whole, on the CPU of the main process (collective: call on every rank)."""
+        return get_model_state_dict(self.model, options=_GATHER)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Put `state` (from `state_dict` or `read`) into the model; names must match its trainable parameters."""
+        missing = self.trainable_names() - state.keys()
+        if missing:
+            raise TrainerError(
+                f"the checkpoint's weights do not fit this model: {len(missing)} trainable tensors are missing "
+                f"(e.g. {sorted(missing)[0]}); did lora.r, lora.target_modules or the model change?"
+            )
+        try:
+            set_model_state_dict(self.model, state, options=_scatter_options(strict=False))
+        except RuntimeError as err:
+            raise TrainerError(f"the checkpoint's weights do not fit this model ({str(err).splitlines()[0]})") from None
+
+    def save(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
+        """Write `state` in the model's own format: a peft adapter folder, or a transformers model folder."""
+        with disk_full_is_an_error(folder):
+            self.model.save_pretrained(str(folder), state_dict=state)
+
+    def read(self, folder: Path) -> dict[str, torch.Tensor]:
+        """The state that `save` wrote into `folder`, keyed by parameter name again."""
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise TrainerError(f"{folder}: no .safetensors weights in it")
+        saved: dict[str, torch.Tensor] = {}
+        for file in files:
+            saved.update(load_file(str(file)))
+        if not isinstance(self.model, PeftModel):
+            return saved
+        names = peft_names(self.model)
+        unknown = saved.keys() - names.keys()
+        if unknown:
+            raise TrainerError(f"{folder}: adapter tensor {sorted(unknown)[0]} does not belong to this model's LoRA")
+        return {names[key]: tensor for key, tensor in saved.items()}
+
+
+class WeightsCodec:
+    """A checkpoint part stored as the model's own folder format (see `TrainableWeights.save`)."""
+
+    def __init__(self, weights: TrainableWeights) -> None:
+        self.weights = weights
+
+    def filename(self, name: str) -> str:
+        return self.weights.folder_name
+
+    def write(self, path: Path, state: Any) -> None:
+        self.weights.save(path, state)
+
+    def read(self, path: Path) -> Any:
+        return self.weights.read(path)
+
+
+class OptimizerState:
+    """The optimizer's state keyed by parameter name, whole on the main process (collective)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the real one
+
+    def state_dict(self) -> dict[str, Any]:
+        return get_optimizer_state_dict(
+            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            set_optimizer_state_dict(self.model, self.optimizer, state, options=_scatter_options(strict=True))
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise TrainerError(f"the checkpoint's optimizer state does not fit this model ({err})") from None
+
+
+def peft_names(model: PeftModel) -> dict[str, str]:
+    """{name in peft's adapter files: parameter name in memory}, for every trainable parameter.
+
+    peft's own renaming (dropping the adapter name, keeping modules_to_save) is applied to placeholder tensors
+    that carry each parameter's position, so the mapping follows whatever rules peft uses.
+    """
+    names = [name for name, param in model.named_parameters() if param.requires_grad]
+    placeholders = {name: torch.tensor(i) for i, name in enumerate(names)}
+    renamed = get_peft_model_state_dict(model, state_dict=placeholders)
+    return {key: names[int(value)] for key, value in renamed.items()}
