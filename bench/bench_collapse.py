@@ -46,6 +46,20 @@ from trainer.run_log import METRICS, read_events  # noqa: E402
 PARTS = ("held_out", "sampling", "indicators", "self_bleu")
 
 
+def _timed(fn, record):
+    """`fn`, calling `record(seconds)` with the duration of each call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - started)
+
+    return wrapper
+
+
 class HookClock:
     """Seconds spent in each part of every `measure` call (one record per eval), and in each report write."""
 
@@ -77,27 +91,14 @@ class HookClock:
         return wrapper
 
     def _part(self, name: str, fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                if self._inside:
-                    self.evals[-1][name] += time.perf_counter() - started
+        def record(seconds: float) -> None:
+            if self._inside:
+                self.evals[-1][name] += seconds
 
-        return wrapper
+        return _timed(fn, record)
 
     def _report(self, fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.reports.append(time.perf_counter() - started)
-
-        return wrapper
+        return _timed(fn, self.reports.append)
 
 
 def default_config() -> tuple[Path, str]:
