@@ -38,6 +38,10 @@ class SourceConfig:
     """Field that holds plain text (ignored when `messages_field` is set)."""
     messages_field: str | None = None
     """Field that holds a chat as a list of {role, content}; rendered with the tokenizer's chat template."""
+    prompt_field: str | None = None
+    """With `completion_field`: a prompt-completion source (two strings, or two chats for conversational ones)."""
+    completion_field: str | None = None
+    """The field holding the completion of a prompt-completion source."""
     weight: float | None = None
     """Share of its kind's budget relative to the other sources of that kind; null means proportional to size."""
     on_error: Literal["raise", "skip"] = "raise"
@@ -111,11 +115,26 @@ class DataConfig:
     held_out: HeldOutConfig = dataclasses.field(default_factory=HeldOutConfig)
     """Held-out real text."""
     max_tokens_per_example: int | None = None
-    """Truncate longer examples to this many tokens (null keeps them whole; the packer splits them)."""
+    """Truncate longer examples to this many tokens (null keeps them whole)."""
+    packing: Literal["wrap", "bfd"] = "wrap"
+    """How examples fill rows: `wrap` continues an example in the next row (continuous text); `bfd`
+    (best-fit decreasing) keeps every example whole in one row (instruction and chat data)."""
+    overflow: Literal["truncate", "split", "drop"] = "truncate"
+    """With packing: bfd, an example longer than train.seq_len is cut to it, split into row-sized pieces, or
+    dropped (each counted)."""
+    cache_dir: str = ".cache/synthmix"
+    """The data cache: the tokenized store and locally trained tokenizers (every run with the same data reuses
+    it; relative to the working directory)."""
+    cache_shared: bool = True
+    """cache_dir is on a file system every node sees (one process builds); false: one builder per node."""
+    verify_cache: Literal["full", "sizes"] = "full"
+    """Check every store file's SHA-256 when mapping it (about 1.7 GB/s here), or only its size."""
     add_eos: bool = True
     """Append the tokenizer's end-of-sequence token to every plain-text example."""
     assistant_only_loss: bool = False
-    """For chat sources, train on the assistant's tokens only (completion-only loss)."""
+    """For chat (`messages_field`) sources, train on the assistant's tokens only."""
+    completion_only_loss: bool = True
+    """For prompt-completion sources, train on the completion's tokens only (TRL's default too)."""
 
 
 @dataclasses.dataclass
@@ -125,9 +144,7 @@ class TokenizerConfig:
     name: str | None = None
     """Hub name or local folder; null trains a byte-level BPE on the real training text and caches it."""
     vocab_size: int = 4096
-    """Vocabulary size of a locally trained tokenizer."""
-    cache_dir: str = ".cache/synthmix"
-    """Where trained tokenizers are cached (keyed by a hash of their training text and settings)."""
+    """Vocabulary size of a locally trained tokenizer (cached under data.cache_dir)."""
     trust_remote_code: bool = False
     """Allow code from the hub to run when loading `name` (off unless you trust the repository)."""
 
@@ -173,6 +190,10 @@ def validate_sources(data: DataConfig) -> None:
                 raise ConfigError(f"{key}.weight: must be > 0, got {source.weight}")
             if source.max_examples is not None and source.max_examples < 1:
                 raise ConfigError(f"{key}.max_examples: must be at least 1, got {source.max_examples}")
+            if (source.prompt_field is None) != (source.completion_field is None):
+                raise ConfigError(f"{key}: set prompt_field and completion_field together (a prompt-completion source)")
+            if source.prompt_field is not None and source.messages_field is not None:
+                raise ConfigError(f"{key}: set messages_field or prompt_field/completion_field, not both")
 
 
 def validate_schedule(data: DataConfig) -> None:

@@ -1,53 +1,83 @@
-"""Tokenized corpora: every source loaded, cleaned (held-out split, duplicates, contamination, filters) and
-tokenized once, stored as flat arrays so the mixer plans with lengths and slices tokens without copies."""
+"""Tokenized corpora: every source tokenized once into the store, then cleaned across sources (held-out split,
+duplicates, contamination, truncation, filters) into views the mixer plans with, without copying token ids.
+
+The cleaning is itself an entry of the store (a few small arrays per source), so a second start maps
+everything and computes nothing; a changed cleaning setting re-runs only the cleaning.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from data_mixers.config import DataConfig, SourceConfig, TokenizerConfig
+from data_mixers.encoding import EncodeSettings, key_hashes
 from data_mixers.errors import MixerError
-from data_mixers.hygiene import first_occurrences, item_key, passes_filters, select_held_out
-from data_mixers.sources import LoadedSource, load_source
-from data_mixers.tokenizer import encode_chat, encode_texts, load_tokenizer
+from data_mixers.hygiene import contained_in, filter_mask, first_occurrences, select_held_out
+from data_mixers.sources import PromptCompletion, SourceStream
+from data_mixers.store import Entry, EntryWriter, cached_entry, digest_of, source_fingerprint, tokenized_source
+from data_mixers.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+_CLEANING_VERSION = 1
+_READ_FIELDS = ("format", "split", "text_field", "messages_field", "prompt_field", "completion_field", "on_error",
+                "max_examples")  # fmt: skip
 
 
 @dataclasses.dataclass
 class Corpus:
-    """One training source after cleaning: token ids of its examples, with their index in the source."""
+    """One training source after cleaning: a view of its stored token ids (example i is
+    `ids[starts[i] : starts[i] + lengths[i]]`), with the index of each example in its source."""
 
     name: str
     kind: str
     ids: np.ndarray
-    """All token ids, concatenated (int32)."""
-    offsets: np.ndarray
-    """Example i spans ids[offsets[i]:offsets[i + 1]] (int64, length n + 1)."""
+    """The source's token ids as stored (memory-mapped), including examples cleaning removed."""
+    starts: np.ndarray
+    """Where each kept example starts in `ids` (int64)."""
+    lengths: np.ndarray
+    """Tokens of each kept example, after `max_tokens_per_example` (int64)."""
     source_index: np.ndarray
-    """Index of each example in its source as loaded (provenance survives dropped records)."""
+    """Index of each kept example among the source's loaded records (provenance survives dropped records)."""
     loss_mask: np.ndarray | None = None
-    """Per-token training mask (chat data with assistant-only loss); None means every token is trained."""
+    """Per-token training mask aligned with `ids` (chat or prompt-completion data); None: every token trains."""
+
+    @classmethod
+    def from_offsets(
+        cls, name: str, kind: str, ids: np.ndarray, offsets: np.ndarray, source_index: np.ndarray | None = None,
+        loss_mask: np.ndarray | None = None,
+    ) -> Corpus:  # fmt: skip
+        """Every example of a flat array, example i spanning ids[offsets[i]:offsets[i + 1]]."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        index = np.arange(len(offsets) - 1) if source_index is None else np.asarray(source_index, dtype=np.int64)
+        return cls(name, kind, ids, offsets[:-1].copy(), np.diff(offsets), index, loss_mask)
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Tokens per example."""
-        return np.diff(self.offsets)
+        return len(self.starts)
 
     @property
     def n_tokens(self) -> int:
-        """Total tokens."""
-        return int(self.offsets[-1])
+        """Total tokens of the kept examples."""
+        return int(self.lengths.sum())
+
+    def example_ids(self, i: int) -> np.ndarray:
+        """The token ids of kept example `i`."""
+        return self.ids[self.starts[i] : self.starts[i] + self.lengths[i]]
+
+    def example_mask(self, i: int) -> np.ndarray | None:
+        """The loss mask of kept example `i` (None when every token trains)."""
+        if self.loss_mask is None:
+            return None
+        return self.loss_mask[self.starts[i] : self.starts[i] + self.lengths[i]].astype(bool)
 
 
 @dataclasses.dataclass
 class SourceReport:
-    """What happened to one source's records on the way to training."""
+    """What happened to one source's records on the way to training, and where its tokens came from."""
 
     name: str
     kind: str
@@ -59,6 +89,12 @@ class SourceReport:
     filtered: int = 0
     examples: int = 0
     tokens: int = 0
+    store: str = ""
+    """`built` (tokenized now) or `cached` (mapped from the store)."""
+    seconds: float = 0.0
+    """Time spent building, or opening and verifying, its store entry."""
+    entry: str = ""
+    """The store entry's folder."""
 
 
 @dataclasses.dataclass
@@ -66,11 +102,13 @@ class Corpora:
     """Everything the mixer and the eval hook need from the data section."""
 
     train: list[Corpus]
-    held_out: list[str]
-    """Held-out real texts (chats rendered with the chat template)."""
+    held_out: list[np.ndarray]
+    """Token ids of the held-out real examples, tokenized exactly as training text is."""
     reports: list[SourceReport]
     skipped_messages: list[str]
     tokenizer: PreTrainedTokenizerBase
+    cleaning: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """How the cleaning entry was obtained: its folder, `built` or `cached`, seconds."""
 
 
 def build_corpora(
@@ -78,36 +116,44 @@ def build_corpora(
     tokenizer_config: TokenizerConfig,
     base_dir: Path | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    progress: bool | None = None,
 ) -> Corpora:
-    """Load, clean and tokenize every source of `data` (the tokenizer is trained on real text if none given)."""
-    loaded = [load_source(spec, base_dir) for spec in _training_order(data.sources)]
-    held_loaded = [load_source(spec, base_dir) for spec in data.held_out.sources]
-    reports = [
-        SourceReport(src.spec.name, src.spec.kind, loaded=len(src.items), skipped=len(src.skipped)) for src in loaded
-    ]
-    keeps = [np.ones(len(src.items), dtype=bool) for src in loaded]
-    held_items = [item for src in held_loaded for item in src.items]
-    held_items += _split_held_out(loaded, keeps, reports, data)
-    _drop_duplicates(loaded, keeps, reports, data)
-    _drop_contaminated(loaded, keeps, reports, held_items, data)
+    """Tokenize (or map from the store) and clean every source of `data`; the tokenizer is trained on the real
+    training text if none is named or given. `progress`: show progress bars (None: on a terminal only)."""
     if tokenizer is None:
-        tokenizer = load_tokenizer(tokenizer_config, _plain_text(loaded, keeps, kind="real"))
-    train = [_tokenize(src, keep, report, tokenizer, data) for src, keep, report in zip(loaded, keeps, reports)]
-    for corpus, report in zip(train, reports):
-        if len(corpus) == 0:
-            raise MixerError(f"source '{corpus.name}': no examples left after cleaning ({_why_empty(report)})")
-    held_texts = [_render(item, tokenizer) for item in held_items]
-    skipped = [msg for src in (*loaded, *held_loaded) for msg in src.skipped]
-    return Corpora(train, held_texts, reports, skipped, tokenizer)
+        text = lambda: real_training_texts(data, base_dir)  # noqa: E731  (read only when the cache misses)
+        tokenizer = load_tokenizer(tokenizer_config, text, _training_text_fingerprint(data, base_dir), data.cache_dir)
+    settings = EncodeSettings(data.add_eos, data.assistant_only_loss, data.completion_only_loss)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    store = Path(data.cache_dir) / "store"
+    order = _training_order(data.sources)
 
+    def tokenized(spec: SourceConfig) -> Entry:
+        return tokenized_source(spec, tokenizer, fingerprint, settings, store, data.verify_cache, base_dir, progress)
 
-def real_training_texts(data: DataConfig, base_dir: Path | None = None) -> list[str]:
-    """The real texts that training sees (the held-out split removed), e.g. to prompt synthetic generation."""
-    loaded = [load_source(spec, base_dir) for spec in _training_order(data.sources) if spec.kind == "real"]
-    keeps = [np.ones(len(src.items), dtype=bool) for src in loaded]
-    reports = [SourceReport(src.spec.name, src.spec.kind) for src in loaded]
-    _split_held_out(loaded, keeps, reports, data)
-    return _plain_text(loaded, keeps, kind="real")
+    train_entries = [tokenized(spec) for spec in order]
+    held_entries = [tokenized(spec) for spec in data.held_out.sources]
+    cleaned = _cleaned(data, order, train_entries, held_entries, store)
+    train, reports = [], []
+    for i, (spec, entry) in enumerate(zip(order, train_entries)):
+        rows = cleaned.arrays[f"rows_{i}"]
+        offsets = entry.arrays["offsets"]
+        lengths = np.diff(offsets)[rows]
+        if data.max_tokens_per_example is not None:
+            lengths = np.minimum(lengths, data.max_tokens_per_example)
+        mask = entry.arrays.get("loss_mask")
+        train.append(Corpus(spec.name, spec.kind, entry.arrays["ids"], offsets[rows], lengths, np.asarray(rows), mask))
+        counts = cleaned.meta["reports"][i]
+        reports.append(
+            SourceReport(
+                spec.name, spec.kind, **counts, examples=len(rows), tokens=int(lengths.sum()),
+                store="built" if entry.built else "cached", seconds=round(entry.seconds, 3), entry=str(entry.folder),
+            )
+        )  # fmt: skip
+    held_out = _held_out_ids(cleaned, train_entries + held_entries)
+    skipped = [msg for entry in (*train_entries, *held_entries) for msg in entry.meta["skipped_messages"]]
+    how = {"entry": str(cleaned.folder), "store": "built" if cleaned.built else "cached", "seconds": cleaned.seconds}
+    return Corpora(train, held_out, reports, skipped, tokenizer, how)
 
 
 def _training_order(sources: list[SourceConfig]) -> list[SourceConfig]:
@@ -115,106 +161,154 @@ def _training_order(sources: list[SourceConfig]) -> list[SourceConfig]:
     return sorted(sources, key=lambda s: s.kind != "real")
 
 
-def _split_held_out(
-    loaded: list[LoadedSource], keeps: list[np.ndarray], reports: list[SourceReport], data: DataConfig
-) -> list:
-    real = [(i, j) for i, src in enumerate(loaded) if src.spec.kind == "real" for j in range(len(src.items))]
-    keys = [item_key(loaded[i].items[j]) for i, j in real]
-    chosen = select_held_out(keys, data.held_out.fraction, data.held_out.max_examples)
+# ---------------------------------------------------------------------------------------------- cleaning
+def _cleaned(data: DataConfig, order: list[SourceConfig], train: list[Entry], held: list[Entry], store: Path) -> Entry:
+    """The cleaning entry: per training source the rows it keeps and what removed the others, and the rows of
+    the held-out examples; keyed by the entries it reads and every cleaning setting."""
+    described = {
+        "version": _CLEANING_VERSION,
+        "train": [[spec.name, spec.kind, entry.folder.name] for spec, entry in zip(order, train)],
+        "held": [entry.folder.name for entry in held],
+        "held_out": {"fraction": data.held_out.fraction, "max_examples": data.held_out.max_examples},
+        "dedup": data.dedup,
+        "contamination": data.contamination,
+        "filters": dataclasses.asdict(data.filters),
+        "max_tokens_per_example": data.max_tokens_per_example,
+    }
+
+    def build(writer: EntryWriter) -> dict[str, Any]:
+        cleaning = _Cleaning(order, train, held)
+        cleaning.hold_out(data.held_out.fraction, data.held_out.max_examples)
+        if data.dedup:
+            cleaning.drop_duplicates()
+        cleaning.drop_contaminated(data.contamination)
+        cleaning.filter_synthetic(data)
+        for i, keep in enumerate(cleaning.keeps):
+            writer.append(f"rows_{i}", np.flatnonzero(keep).astype(np.int64))
+        writer.append("held_out", np.asarray(cleaning.held, dtype=np.int64).reshape(-1, 2))
+        return {"reports": cleaning.reports}
+
+    return cached_entry(store, "clean-" + digest_of(described), data.verify_cache, build)
+
+
+class _Cleaning:
+    """The cross-source cleaning, step by step, over content hashes and lengths (never over texts)."""
+
+    def __init__(self, order: list[SourceConfig], train: list[Entry], held: list[Entry]) -> None:
+        self.order, self.train = order, train
+        self.keeps = [np.ones(len(e.arrays["keys"]), dtype=bool) for e in train]
+        self.reports = [
+            {"loaded": e.meta["examples"], "skipped": e.meta["skipped"], "held_out": 0, "duplicates": 0,
+             "contaminated": 0, "filtered": 0}
+            for e in train
+        ]  # fmt: skip
+        # Held-out examples as (source, row): explicit held-out sources come after the training ones.
+        self.held = [(len(train) + j, row) for j, e in enumerate(held) for row in range(len(e.arrays["keys"]))]
+        self.held_keys = [e.arrays["keys"] for e in held]
+
+    def hold_out(self, fraction: float, cap: int | None) -> None:
+        real = [i for i, spec in enumerate(self.order) if spec.kind == "real"]
+        keys = np.concatenate([self.train[i].arrays["keys"] for i in real]) if real else np.zeros((0, 2), np.uint64)
+        owners = np.concatenate([np.full(len(self.keeps[i]), i) for i in real]) if real else np.zeros(0, np.int64)
+        rows = np.concatenate([np.arange(len(self.keeps[i])) for i in real]) if real else np.zeros(0, np.int64)
+        for position in select_held_out(keys, fraction, cap):
+            i, row = int(owners[position]), int(rows[position])
+            self.keeps[i][row] = False
+            self.reports[i]["held_out"] += 1
+            self.held.append((i, row))
+            self.held_keys.append(keys[position : position + 1])
+
+    def drop_duplicates(self) -> None:
+        candidates = [np.flatnonzero(keep) for keep in self.keeps]
+        keys = np.concatenate([e.arrays["keys"][rows] for e, rows in zip(self.train, candidates)])
+        first = first_occurrences(keys)
+        start = 0
+        for i, rows in enumerate(candidates):
+            duplicate = ~first[start : start + len(rows)]
+            self.keeps[i][rows[duplicate]] = False
+            self.reports[i]["duplicates"] += int(duplicate.sum())
+            start += len(rows)
+
+    def drop_contaminated(self, mode: str) -> None:
+        held = np.concatenate(self.held_keys) if self.held_keys else np.zeros((0, 2), np.uint64)
+        for i, (spec, entry) in enumerate(zip(self.order, self.train)):
+            rows = np.flatnonzero(self.keeps[i])
+            hit = contained_in(entry.arrays["keys"][rows], held)
+            if hit.any() and mode == "error":
+                raise MixerError(
+                    f"source '{spec.name}': example {int(rows[hit][0])} equals a held-out example "
+                    "(set data.contamination: drop to drop such examples)"
+                )
+            self.keeps[i][rows[hit]] = False
+            self.reports[i]["contaminated"] += int(hit.sum())
+
+    def filter_synthetic(self, data: DataConfig) -> None:
+        for i, (spec, entry) in enumerate(zip(self.order, self.train)):
+            if spec.kind != "synthetic":
+                continue
+            rows = np.flatnonzero(self.keeps[i])
+            offsets = entry.arrays["offsets"]
+            lengths = np.diff(offsets)[rows]
+            if data.max_tokens_per_example is not None:
+                lengths = np.minimum(lengths, data.max_tokens_per_example)
+            passing = filter_mask(entry.arrays["ids"], offsets[rows], lengths, data.filters)
+            self.keeps[i][rows[~passing]] = False
+            self.reports[i]["filtered"] += int((~passing).sum())
+        for spec, keep, report in zip(self.order, self.keeps, self.reports):
+            if not keep.any():
+                raise MixerError(f"source '{spec.name}': no examples left after cleaning ({_why_empty(report)})")
+
+
+def _held_out_ids(cleaned: Entry, entries: list[Entry]) -> list[np.ndarray]:
     held = []
-    for position in chosen:
-        i, j = real[position]
-        keeps[i][j] = False
-        reports[i].held_out += 1
-        held.append(loaded[i].items[j])
+    for source, row in np.asarray(cleaned.arrays["held_out"]).reshape(-1, 2):
+        offsets = entries[int(source)].arrays["offsets"]
+        held.append(np.asarray(entries[int(source)].arrays["ids"][offsets[row] : offsets[row + 1]], dtype=np.int64))
     return held
 
 
-def _drop_duplicates(
-    loaded: list[LoadedSource], keeps: list[np.ndarray], reports: list[SourceReport], data: DataConfig
-) -> None:
-    if not data.dedup:
-        return
-    seen: set[str] = set()
-    for src, keep, report in zip(loaded, keeps, reports):
-        candidates = np.flatnonzero(keep)
-        first = first_occurrences([item_key(src.items[j]) for j in candidates], seen)
-        keep[candidates[~first]] = False
-        report.duplicates += int((~first).sum())
-
-
-def _drop_contaminated(
-    loaded: list[LoadedSource], keeps: list[np.ndarray], reports: list[SourceReport], held_items: list, data: DataConfig
-) -> None:
-    held_keys = {item_key(item) for item in held_items}
-    if not held_keys:
-        return
-    for src, keep, report in zip(loaded, keeps, reports):
-        for j in np.flatnonzero(keep):
-            if item_key(src.items[j]) in held_keys:
-                if data.contamination == "error":
-                    raise MixerError(
-                        f"source '{src.spec.name}': example {j} equals a held-out example "
-                        "(set data.contamination: drop to drop such examples)"
-                    )
-                keep[j] = False
-                report.contaminated += 1
-
-
-def _plain_text(loaded: list[LoadedSource], keeps: list[np.ndarray], kind: str) -> list[str]:
-    texts = []
-    for src, keep in zip(loaded, keeps):
-        if src.spec.kind == kind:
-            for j in np.flatnonzero(keep):
-                item = src.items[j]
-                texts.append(item if isinstance(item, str) else "\n".join(m["content"] for m in item))
-    return texts
-
-
-def _tokenize(
-    src: LoadedSource, keep: np.ndarray, report: SourceReport, tokenizer: PreTrainedTokenizerBase, data: DataConfig
-) -> Corpus:
-    indices = np.flatnonzero(keep)
-    items = [src.items[j] for j in indices]
-    is_chat = src.spec.messages_field is not None
-    if is_chat:
-        encoded = [encode_chat(tokenizer, item) for item in items]
-        ids_list = [ids for ids, _ in encoded]
-        masks = [mask if data.assistant_only_loss else None for _, mask in encoded]
-    else:
-        ids_list = encode_texts(tokenizer, items, data.add_eos)
-        masks = [None] * len(ids_list)
-    cap = data.max_tokens_per_example
-    if cap is not None:
-        ids_list = [ids[:cap] for ids in ids_list]
-        masks = [None if m is None else m[:cap] for m in masks]
-    passing = np.ones(len(ids_list), dtype=bool)
-    if src.spec.kind == "synthetic":
-        passing = np.array([passes_filters(ids, data.filters) for ids in ids_list], dtype=bool)
-        report.filtered = int((~passing).sum())
-    ids_list = [ids for ids, ok in zip(ids_list, passing) if ok]
-    masks = [m for m, ok in zip(masks, passing) if ok]
-    lengths = np.array([len(ids) for ids in ids_list], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.concatenate(ids_list).astype(np.int32) if ids_list else np.zeros(0, np.int32)
-    loss_mask = np.concatenate(masks) if is_chat and data.assistant_only_loss and masks else None
-    report.examples, report.tokens = len(ids_list), int(offsets[-1])
-    return Corpus(src.spec.name, src.spec.kind, flat, offsets, indices[passing].astype(np.int64), loss_mask)
-
-
-def _render(item, tokenizer: PreTrainedTokenizerBase) -> str:
-    return item if isinstance(item, str) else tokenizer.apply_chat_template(item, tokenize=False)
-
-
-def _why_empty(report: SourceReport) -> str:
-    parts = [
-        f"{n} {label}"
-        for label, n in [
-            ("held out", report.held_out),
-            ("duplicates", report.duplicates),
-            ("contaminated", report.contaminated),
-            ("filtered", report.filtered),
-        ]
-        if n
-    ]
+def _why_empty(report: dict[str, int]) -> str:
+    parts = [f"{report[key]} {label}" for key, label in
+             [("held_out", "held out"), ("duplicates", "duplicates"), ("contaminated", "contaminated"),
+              ("filtered", "filtered")] if report[key]]  # fmt: skip
     return ", ".join(parts) or "the source is empty"
+
+
+# ---------------------------------------------------------------------------------------------- real text
+def real_training_texts(data: DataConfig, base_dir: Path | None = None) -> Iterator[str]:
+    """The real texts that training sees, streamed, the held-out split removed (chats and prompt-completion
+    pairs as plain text): what a local tokenizer is trained on and what synthetic generation is prompted with.
+
+    Two passes over the real sources: one to hash every example and choose the held-out ones (the choice
+    spans sources), one to hand out the others.
+    """
+    real = [spec for spec in _training_order(data.sources) if spec.kind == "real"]
+    keys = np.concatenate([key_hashes(batch) for spec in real for batch in SourceStream(spec, base_dir).batches()])
+    held = set(select_held_out(keys, data.held_out.fraction, data.held_out.max_examples).tolist())
+    position = 0
+    for spec in real:
+        for batch in SourceStream(spec, base_dir).batches():
+            for item in batch:
+                if position not in held:
+                    yield _as_plain_text(item)
+                position += 1
+
+
+def _as_plain_text(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, PromptCompletion):
+        return _as_plain_text(item.prompt) + _as_plain_text(item.completion)
+    return "\n".join(message["content"] for message in item)
+
+
+def _training_text_fingerprint(data: DataConfig, base_dir: Path | None) -> str:
+    """What the real training text depends on: the real sources' contents and how they are read, and the
+    held-out split (so a cached tokenizer is found without reading the text)."""
+    real = [spec for spec in _training_order(data.sources) if spec.kind == "real"]
+    described = {
+        "sources": [[source_fingerprint(spec, base_dir), [getattr(spec, key) for key in _READ_FIELDS]]
+                    for spec in real],
+        "held_out": [data.held_out.fraction, data.held_out.max_examples],
+    }  # fmt: skip
+    return digest_of(described)

@@ -1,12 +1,13 @@
-"""The run's tokenizer: loaded by hub name or path, or a byte-level BPE trained on the real text and cached."""
+"""The run's tokenizer: loaded by hub name or path, or a byte-level BPE trained on the real text and cached,
+and the fingerprint that keys the store's entries (the same tokenizer always gives the same one)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from data_mixers.config import TokenizerConfig
@@ -24,27 +25,32 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+_BPE_VERSION = "bpe-v2"
 
 
-def load_tokenizer(config: TokenizerConfig, training_text: Iterable[str] = ()) -> PreTrainedTokenizerBase:
-    """The tokenizer named by `config.name`, or one trained on `training_text` (cached by content hash)."""
+def load_tokenizer(
+    config: TokenizerConfig, training_text: Callable[[], Iterable[str]], text_fingerprint: str, cache_dir: Path
+) -> PreTrainedTokenizerBase:
+    """The tokenizer named by `config.name`, or a BPE trained on `training_text()` (the real training text,
+    streamed) and cached in `cache_dir` under a key of `text_fingerprint` (what determines that text) and the
+    settings, so a cached one is found without reading the text."""
     if config.name:
         return _from_pretrained(config)
-    texts = list(training_text)
-    if not texts:
-        raise MixerError("tokenizer.name is null, so a tokenizer is trained on the real sources; they are empty")
-    folder = Path(config.cache_dir) / f"tokenizer-{_fingerprint(texts, config.vocab_size)}"
+    key = hashlib.sha256(f"{_BPE_VERSION}:{config.vocab_size}:{text_fingerprint}".encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / f"tokenizer-{key}"
     if not (folder / "tokenizer.json").is_file():
+        trained = train_bpe(training_text(), config.vocab_size)
         # Processes of one launch may train it at once; each writes its own temporary folder, the first wins.
         with atomic_folder(folder, replace=False) as tmp:
-            train_bpe(texts, config.vocab_size).save_pretrained(str(tmp))
+            trained.save_pretrained(str(tmp))
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on `texts`, with eos/pad tokens and a ChatML chat template."""
+def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts` (any iterable, streamed), with eos/pad tokens and a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    seen = _Counting(texts)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -54,51 +60,45 @@ def train_bpe(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator(seen, trainer=trainer)
+    if not seen.count:
+        raise MixerError("tokenizer.name is null, so a tokenizer is trained on the real sources; they are empty")
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=None)
     fast.chat_template = CHATML_TEMPLATE
     fast.model_max_length = 1_000_000
     return fast
 
 
-def encode_texts(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], add_eos: bool, batch: int = 2048
-) -> list[np.ndarray]:
-    """Token ids of each plain text, with the tokenizer's own special tokens and an eos appended."""
-    eos = tokenizer.eos_token_id
-    out: list[np.ndarray] = []
-    for start in range(0, len(texts), batch):
-        for ids in tokenizer(list(texts[start : start + batch]))["input_ids"]:
-            if add_eos and eos is not None and (not ids or ids[-1] != eos):
-                ids = [*ids, eos]
-            out.append(np.asarray(ids, dtype=np.int32))
-    return out
+class _Counting:
+    """An iterable of texts that counts what it handed out (the BPE trainer takes iterators only once)."""
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.texts = texts
+        self.count = 0
+
+    def __iter__(self):
+        for text in self.texts:
+            self.count += 1
+            yield text
 
 
-def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of a chat rendered with the chat template, and a mask that is true on assistant turns.
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of everything that decides the ids a tokenizer gives: its vocabulary, merges, normalisation and
+    special tokens (the fast tokenizer's full JSON), its chat template, and its eos/pad/bos tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    described = {
+        "class": type(tokenizer).__name__,
+        "model": model,
+        "chat_template": tokenizer.chat_template,
+        "special": [tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id],
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    Each assistant turn's character span comes from rendering growing prefixes of the chat (the prefix with a
-    generation prompt marks where the reply starts), which works with any template, no `{% generation %}`
-    markers needed; tokens are then assigned to spans by their character offsets.
-    """
-    if tokenizer.chat_template is None:
-        raise MixerError("chat data needs a tokenizer with a chat template; this tokenizer has none")
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans: list[tuple[int, int]] = []
-    for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        # The assistant header ("<|im_start|>assistant") is prompt, not completion: start after it.
-        header = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        spans.append((len(header), len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))))
-    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = np.asarray(encoded["input_ids"], dtype=np.int32)
-    starts = np.asarray([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
-    mask = np.zeros(len(ids), dtype=bool)
-    for lo, hi in spans:
-        mask |= (starts >= lo) & (starts < hi)
-    return ids, mask
+
+def token_dtype(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The narrowest dtype every id fits in: uint16 below 65,536 tokens (half the disk and page cache)."""
+    return "uint16" if len(tokenizer) <= 1 << 16 else "int32"
 
 
 def _from_pretrained(config: TokenizerConfig) -> PreTrainedTokenizerBase:
@@ -109,11 +109,3 @@ def _from_pretrained(config: TokenizerConfig) -> PreTrainedTokenizerBase:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
-
-
-def _fingerprint(texts: Sequence[str], vocab_size: int) -> str:
-    digest = hashlib.sha256(f"bpe-v1:{vocab_size}".encode())
-    for text in texts:
-        digest.update(text.encode("utf-8", "surrogatepass"))
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]

@@ -226,7 +226,7 @@ def _recursive(args: argparse.Namespace, overrides: list[str]) -> None:
         generations=args.generations,
         strategy=args.strategy,
         real_fraction=args.real_fraction,
-        samples=args.samples or len(real_training_texts(config.data)),
+        samples=args.samples or sum(1 for _ in real_training_texts(config.data)),
         sampling=_sampling(args, seed=config.seed),
     )
     print(f"generations: {run_experiment(experiment) / SUMMARY}")

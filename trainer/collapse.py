@@ -16,14 +16,16 @@ import torch
 from trainer.config import CollapseConfig
 from trainer.errors import TrainerError
 from trainer.indicators import next_token_entropy, perplexity, rare_tokens, sample_indicators
-from trainer.prompts import choose_prompts
+from trainer.prompts import choose_prompts_from_ids, content_ids, leading_special_tokens
 from trainer.sampling import sample_continuations
 
 
 class CollapseMonitor:
     """Fixed eval inputs, the reference values of the real text, and the baseline once measured."""
 
-    def __init__(self, config: CollapseConfig, tokenizer: Any, held_out: list[str]) -> None:
+    def __init__(self, config: CollapseConfig, tokenizer: Any, held_out: list[Any]) -> None:
+        """`held_out`: the held-out real examples' token ids, as the store holds them (tokenized as training
+        text is); the hook scores them, prompts the model with their beginnings, and counts their tokens."""
         if not held_out:
             raise TrainerError(
                 "the collapse hook needs held-out real text: set data.held_out.fraction or "
@@ -31,24 +33,23 @@ class CollapseMonitor:
             )
         self.config = config
         self.tokenizer = tokenizer
-        texts = held_out[: config.max_eval_texts]
-        encoded = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=config.eval_seq_len)
-        self.eval_ids = [ids for ids in encoded["input_ids"] if len(ids) >= 2]
-        chosen = choose_prompts(tokenizer, held_out, config.num_prompts, config.prompt_tokens, config.sampling.seed)
+        eval_ids = [[int(t) for t in ids[: config.eval_seq_len]] for ids in held_out[: config.max_eval_texts]]
+        self.eval_ids = [ids for ids in eval_ids if len(ids) >= 2]
+        prefix = leading_special_tokens(tokenizer)
+        contents = [content_ids(ids, prefix, tokenizer.eos_token_id) for ids in held_out]
+        seed = config.sampling.seed
+        chosen = choose_prompts_from_ids(tokenizer, contents, config.num_prompts, config.prompt_tokens, seed)
         self.prompts = [ids for _, ids in chosen]
-        real_tokens = [t for ids in tokenizer(held_out, add_special_tokens=False)["input_ids"] for t in ids]
-        self.real_tokens = real_tokens
-        self.rare = rare_tokens(real_tokens, config.tail_share)
+        self.real_tokens = [t for ids in contents for t in ids]
+        self.rare = rare_tokens(self.real_tokens, config.tail_share)
         self.baseline: dict[str, float] | None = None
-        self.reference = self._reference(held_out, chosen)
+        self.reference = self._reference(contents, chosen)
 
-    def _reference(self, held_out: list[str], chosen: list[tuple[int, list[int]]]) -> dict[str, float]:
+    def _reference(self, contents: list[list[int]], chosen: list[tuple[int, list[int]]]) -> dict[str, float]:
         """The sample indicators of the real text itself: what follows each prompt, as long as a sample."""
         start, length = self.config.prompt_tokens, self.config.sampling.max_new_tokens
-        continuations = []
-        for index in dict.fromkeys(index for index, _ in chosen):  # a text reused as a prompt counts once
-            ids = self.tokenizer(held_out[index], add_special_tokens=False)["input_ids"]
-            continuations.append(ids[start : start + length])
+        # A text reused as a prompt counts once.
+        continuations = [contents[index][start : start + length] for index in dict.fromkeys(i for i, _ in chosen)]
         return self._indicators(continuations)
 
     def _indicators(self, samples: list[list[int]]) -> dict[str, float]:

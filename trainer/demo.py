@@ -75,7 +75,7 @@ def generate_synthetic(config: RunConfig, base: Path, samples: int, out: Path) -
     generate_corpus(
         model,
         tokenizer,
-        real_training_texts(config.data),
+        list(real_training_texts(config.data)),
         samples,
         prompt_tokens=16,
         sampling=SAMPLING,

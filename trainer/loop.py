@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -34,7 +35,7 @@ from trainer.errors import TrainerError
 from trainer.model import add_lora, build_model, check_positions, resolve_dtype
 from trainer.packing import PackedBatch, pack_rows, token_losses
 from trainer.run_log import METRICS, RunLog
-from trainer.schedule import apply_hyperparameters, lr_factor, steps_in_epoch, tokens_per_step
+from trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
 from trainer.weights import OptimizerState, TrainableWeights, WeightsCodec
 
 
@@ -72,7 +73,8 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     mixer: Mixer
     tokenizer: Any
-    held_out: list[str]
+    held_out: list[np.ndarray]
+    """Token ids of the held-out real examples (what the collapse hook scores)."""
     log: RunLog
     checkpointer: Checkpointer
     compute_dtype: torch.dtype
@@ -116,13 +118,17 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         _prepare_output_dir(output_dir, resume, checkpointer)
     accelerator.wait_for_everyone()
     set_seed(config.seed)
-    with accelerator.main_process_first():
-        corpora = build_corpora(config.data, config.tokenizer)
+    # One process builds the store, the others wait and map it (one per node when the cache is node-local).
+    first = accelerator.main_process_first if config.data.cache_shared else accelerator.local_main_process_first
+    with first():
+        corpora = build_corpora(
+            config.data, config.tokenizer, progress=accelerator.is_main_process and config.train.progress
+        )
     dtype = resolve_dtype(config.model, accelerator.device.type == "cuda")
     model = add_lora(build_model(config.model, corpora.tokenizer, dtype), config.lora)
     check_positions(model, config)
     rank, world_size = accelerator.process_index, accelerator.num_processes
-    mixer = Mixer(corpora.train, config.data, config.seed, config.train.epochs, rank, world_size)
+    mixer = Mixer(corpora.train, config.data, config.seed, config.train.epochs, rank, world_size, config.train.seq_len)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
     if config.train.compile:
@@ -241,14 +247,13 @@ def _replan_steps(run: Run) -> None:
     """Steps of the epoch under way and of those to come, after a resume or a change of the ratio scale.
 
     The epoch under way ends when every rank has taken its whole share, however the batch settings changed
-    since it started: its remaining steps are counted from the largest rank's remaining tokens.
+    since it started: its remaining steps are counted from the largest rank's remaining rows.
     """
     progress, config = run.progress, run.config
     for epoch in range(progress.epoch, config.train.epochs + 1):
         progress.steps_per_epoch[epoch - 1] = steps_in_epoch(run.mixer, epoch, config)
     if progress.step_in_epoch > 0 and progress.epoch <= config.train.epochs:
-        remaining = max_over_ranks(run.accelerator, run.mixer.remaining_tokens())
-        left = math.ceil(remaining / tokens_per_step(config))
+        left = math.ceil(max_over_ranks(run.accelerator, run.mixer.rows_left()) / rows_per_step(config))
         progress.steps_per_epoch[progress.epoch - 1] = progress.step_in_epoch + left
 
 
@@ -329,9 +334,8 @@ def train_step(run: Run) -> dict[str, Any]:
 
 
 def _next_batch(run: Run) -> PackedBatch:
-    seq_len = run.config.train.seq_len
-    rows = [run.mixer.take_tokens(seq_len) for _ in range(run.config.train.per_device_train_batch_size)]
-    return pack_rows(rows, seq_len, run.tokenizer.pad_token_id)
+    rows = [run.mixer.next_row() for _ in range(run.config.train.per_device_train_batch_size)]
+    return pack_rows(rows, run.config.train.seq_len, run.tokenizer.pad_token_id)
 
 
 def _step_stats(sums: torch.Tensor, lr: float, grad_norm: float | None, seconds: float) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def run_experiment(exp: Experiment) -> Path:
     if exp.config.model.name is None:
         raise TrainerError("model.name: the recursive loop starts from a trained base model (a hub name or folder)")
     exp.run_dir.mkdir(parents=True, exist_ok=True)
-    real_texts = real_training_texts(exp.config.data)
+    real_texts = list(real_training_texts(exp.config.data))
     for generation in range(1, exp.generations + 1):
         folder = exp.run_dir / f"gen-{generation}"
         corpus = folder / "synthetic.jsonl"

@@ -12,15 +12,14 @@ from data_mixers.mixer import Mixer
 from trainer.config import RunConfig, TrainConfig
 
 
-def tokens_per_step(config: RunConfig) -> int:
-    """Tokens one process takes from the stream per optimizer step."""
-    train = config.train
-    return train.seq_len * train.per_device_train_batch_size * train.gradient_accumulation_steps
+def rows_per_step(config: RunConfig) -> int:
+    """Rows one process takes from the stream per optimizer step."""
+    return config.train.per_device_train_batch_size * config.train.gradient_accumulation_steps
 
 
 def steps_in_epoch(mixer: Mixer, epoch: int, config: RunConfig) -> int:
     """Optimizer steps that cover the largest rank's share of `epoch` (smaller shares are padded)."""
-    return max(1, math.ceil(max(mixer.shard_tokens(epoch)) / tokens_per_step(config)))
+    return max(1, math.ceil(max(mixer.shard_rows(epoch)) / rows_per_step(config)))
 
 
 def lr_factor(train: TrainConfig, horizon: Callable[[], int]) -> Callable[[int], float]:

@@ -136,7 +136,7 @@ def test_values_out_of_range_and_bad_schedules_are_refused(tmp_path: Path, data:
 
 
 def test_a_synthetic_ratio_without_a_synthetic_source_is_refused_by_the_mixer() -> None:
-    corpora = [Corpus("docs", "real", np.zeros(10, np.int32), np.array([0, 5, 10]), np.arange(2))]
+    corpora = [Corpus.from_offsets("docs", "real", np.zeros(10, np.int32), np.array([0, 5, 10]))]
     data = DataConfig(sources=[SourceConfig(name="docs", kind="real")], synthetic_ratio=0.3)
     with pytest.raises(MixerError, match="data.synthetic_ratio is 0.3 but no source has kind: synthetic"):
         Mixer(corpora, data, seed=0)

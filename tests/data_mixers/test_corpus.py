@@ -25,12 +25,18 @@ def jsonl(folder: Path, name: str, texts: list[str]) -> str:
 
 def build(tokenizer: PreTrainedTokenizerBase, sources: list[SourceConfig], **data: Any) -> Corpora:
     data.setdefault("held_out", HeldOutConfig(fraction=0.0))  # nothing held out unless a test asks for it
-    return build_corpora(DataConfig(sources=sources, **data), TokenizerConfig(), tokenizer=tokenizer)
+    cache = Path(sources[0].path or ".").parent / "cache"
+    return build_corpora(
+        DataConfig(sources=sources, cache_dir=str(cache), **data), TokenizerConfig(), tokenizer=tokenizer
+    )
 
 
 def texts(corpus: Corpus, tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    bounds = zip(corpus.offsets[:-1], corpus.offsets[1:])
-    return [tokenizer.decode(corpus.ids[a:b].tolist(), skip_special_tokens=True) for a, b in bounds]
+    return [tokenizer.decode(corpus.example_ids(i).tolist(), skip_special_tokens=True) for i in range(len(corpus))]
+
+
+def held_texts(corpora: Corpora) -> list[str]:
+    return [corpora.tokenizer.decode(ids.tolist(), skip_special_tokens=True) for ids in corpora.held_out]
 
 
 def by_name(corpora: Corpora) -> dict[str, Any]:
@@ -69,7 +75,7 @@ def test_held_out_selection_is_stable_and_never_trained_on(
         ]
         corpora = build(byte_tokenizer, sources, held_out=HeldOutConfig(fraction=0.2))
         trained = {t for c in corpora.train for t in texts(c, byte_tokenizer)}
-        return corpora.held_out, trained
+        return held_texts(corpora), trained
 
     held, trained = held_and_trained(lines)
     assert len(held) == 80 and set(held) <= set(lines)  # 20% of 400
@@ -90,7 +96,7 @@ def test_contamination_with_an_explicit_held_out_source_is_dropped_or_an_error(
     corpora = build(byte_tokenizer, sources, held_out=HeldOutConfig(fraction=0.0, sources=held))
     assert {c.name: texts(c, byte_tokenizer) for c in corpora.train} == {"docs": ["a", "b"], "gen": ["c", "d"]}
     assert [r.contaminated for r in corpora.reports] == [1, 1]
-    assert sorted(corpora.held_out) == ["leaked", "private"]
+    assert sorted(held_texts(corpora)) == ["leaked", "private"]
     with pytest.raises(MixerError) as caught:
         build(byte_tokenizer, sources, held_out=HeldOutConfig(fraction=0.0, sources=held), contamination="error")
     assert "source 'docs': example 1 equals a held-out example" in str(caught.value)
@@ -133,11 +139,11 @@ def test_eos_is_appended_and_long_examples_are_cut(tmp_path: Path, byte_tokenize
     corpus = build(byte_tokenizer, sources).train[0]
     eos = byte_tokenizer.eos_token_id
     assert corpus.lengths.tolist() == [4, 11]
-    assert corpus.ids[corpus.offsets[1:] - 1].tolist() == [eos, eos]
+    assert [corpus.example_ids(i)[-1] for i in range(2)] == [eos, eos]
     assert build(byte_tokenizer, sources, add_eos=False).train[0].lengths.tolist() == [3, 10]
     capped = build(byte_tokenizer, sources, max_tokens_per_example=5).train[0]
     assert capped.lengths.tolist() == [4, 5]
-    assert byte_tokenizer.decode(capped.ids[4:9].tolist()) == "abcde"
+    assert byte_tokenizer.decode(capped.example_ids(1).tolist()) == "abcde"
 
 
 def test_chat_sources_carry_an_assistant_only_loss_mask(
@@ -148,7 +154,8 @@ def test_chat_sources_carry_an_assistant_only_loss_mask(
     path.write_text(json.dumps({"messages": chat}) + "\n", encoding="utf-8")
     sources = [SourceConfig(name="chat", kind="real", path=str(path), messages_field="messages")]
     corpus = build(byte_tokenizer, sources, assistant_only_loss=True).train[0]
-    assert corpus.loss_mask is not None and len(corpus.loss_mask) == corpus.n_tokens
-    assert byte_tokenizer.decode(corpus.ids[corpus.loss_mask].tolist()) == "Hello.<|im_end|>\n"
+    mask = corpus.example_mask(0)
+    assert mask is not None and len(mask) == corpus.n_tokens
+    assert byte_tokenizer.decode(corpus.example_ids(0)[mask].tolist()) == "Hello.<|im_end|>\n"
     assert build(byte_tokenizer, sources).train[0].loss_mask is None  # default: train on every token
-    assert np.array_equal(build(byte_tokenizer, sources).train[0].ids, corpus.ids)
+    assert np.array_equal(build(byte_tokenizer, sources).train[0].example_ids(0), corpus.example_ids(0))

@@ -30,7 +30,7 @@ def inspect(cache: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.Monke
     monkeypatch.chdir(REPO)
 
     def run(*args: str, config: str = "configs/tiny.yaml") -> tuple[int, str, str]:
-        code = main(["inspect", "--config", config, "--tokenizer.cache_dir", cache, *args])
+        code = main(["inspect", "--config", config, "--data.cache_dir", cache, *args])
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -124,8 +124,6 @@ def test_a_config_with_only_a_data_section_is_inspected(inspect, tmp_path: Path)
 
 def test_module_entry_point_runs(cache: str) -> None:
     command = [sys.executable, "-m", "data_mixers", "inspect", "--config", "configs/tiny.yaml"]
-    done = subprocess.run(
-        [*command, "--tokenizer.cache_dir", cache], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([*command, "--data.cache_dir", cache], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "trigram-synthetic" in done.stdout and "epochs:" in done.stdout

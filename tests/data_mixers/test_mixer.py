@@ -27,7 +27,7 @@ def make_corpus(name: str, kind: str, lengths: Any) -> Corpus:
     """A corpus whose example i holds the consecutive ids offsets[i], offsets[i] + 1, ..."""
     lengths = np.asarray(lengths, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return Corpus(name, kind, np.arange(offsets[-1], dtype=np.int32), offsets, np.arange(len(lengths)))
+    return Corpus.from_offsets(name, kind, np.arange(offsets[-1], dtype=np.int32), offsets)
 
 
 def make_data(corpora: list[Corpus], ratio: float, weights: list[float | None] | None = None, **kw: Any) -> DataConfig:
@@ -146,7 +146,7 @@ def test_each_real_example_once_per_epoch_and_synthetic_repeats_only_if_allowed(
         corpus = by_name[example.source]
         assert example.kind == corpus.kind and example.start == 0
         assert 1 <= len(example.ids) <= corpus.lengths[example.index]
-        assert example.ids[0] == corpus.offsets[example.index]
+        assert example.ids[0] == corpus.starts[example.index]
     seen = collections.Counter((e.source, e.index) for e in stream)
     if not mix.weighted and mix.data.synthetic_ratio < 1:
         expected = {(c.name, i) for c in mix.corpora if c.kind == "real" for i in range(len(c))}

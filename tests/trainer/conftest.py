@@ -25,8 +25,9 @@ def tiny_config(cache_dir: Path, arch: Mapping[str, Any]) -> dict[str, Any]:
     """About 44 optimizer steps over 2 epochs (22 each), a checkpoint every 4 steps, a cheap collapse hook."""
     return {
         "seed": 0,
-        "tokenizer": {"vocab_size": 512, "cache_dir": str(cache_dir)},
+        "tokenizer": {"vocab_size": 512},
         "data": {
+            "cache_dir": str(cache_dir),
             "synthetic_ratio": 0.3,
             "sources": [
                 {"name": "docs", "kind": "real", "builtin": "python_docs", "max_examples": 24},

@@ -17,13 +17,15 @@ REPO = Path(__file__).parents[2]
 def write_configs(tmp_path: Path, arch: dict) -> tuple[Path, Path]:
     """The demo's two configs with the same structure, shrunk to seconds."""
     base = yaml.safe_load((REPO / "configs/demo_base.yaml").read_text())
-    base["tokenizer"] = {"vocab_size": 384, "cache_dir": str(tmp_path / "tok")}
+    base["tokenizer"] = {"vocab_size": 384}
+    base["data"]["cache_dir"] = str(tmp_path / "data-cache")
     base["data"]["sources"][0]["max_examples"] = 60
     base["model"]["arch"] = {**arch, "tie_word_embeddings": True}
     base["train"].update(epochs=2, per_device_train_batch_size=8, seq_len=64, warmup_steps=2, progress=False)
     demo = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
     demo["output_dir"] = str(tmp_path / "run")
     demo["data"]["sources"][0]["max_examples"] = 60
+    demo["data"]["cache_dir"] = str(tmp_path / "data-cache")
     demo["lora"]["r"] = 4
     demo["train"].update(epochs=2, per_device_train_batch_size=8, seq_len=64, warmup_steps=2, progress=False)
     demo["collapse"].update(num_prompts=8, sampling={"max_new_tokens": 16})

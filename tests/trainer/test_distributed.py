@@ -34,8 +34,9 @@ LAUNCH_TIMEOUT_S = 300
 # launch turns it on, so the eval hook is exercised with two processes too.
 TINY_CONFIG = f"""
 seed: 0
-tokenizer: {{vocab_size: 512, cache_dir: CACHE}}
+tokenizer: {{vocab_size: 512}}
 data:
+  cache_dir: CACHE
   synthetic_ratio: 0.3
   sources:
     - {{name: docs, kind: real, builtin: python_docs, max_examples: 60}}

@@ -113,6 +113,11 @@ def step_of(checkpoint: Path) -> int:
     return int(checkpoint.name.removeprefix("step-"))
 
 
+def oldest_checkpoint(run_dir: Path) -> Path:
+    """The oldest of a run's kept checkpoints (a mid-run one: the run went on after it)."""
+    return min((run_dir / "checkpoints").iterdir(), key=step_of)
+
+
 def assert_same_training(resumed: list[dict], reference) -> None:
     """The resumed run logged every step exactly once, with the reference run's losses and learning rates."""
     ours, theirs = train_events(resumed), train_events(reference.events)
@@ -309,12 +314,12 @@ def test_resume_skips_a_checkpoint_killed_mid_write(reference, tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def resumed_with_new_lr(reference, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """The reference run continued from its step-36 checkpoint (by path) with twice the learning rate."""
+    """The reference run continued from its oldest kept checkpoint (by path) with twice the learning rate."""
     out = tmp_path_factory.mktemp("new-lr") / "run"
     shutil.copytree(reference.output_dir, out)
     peak = reference.config.train.learning_rate
     train(run_config(reference.config_path, out, "--train.learning_rate", str(2 * peak)),
-          resume=str(out / "checkpoints" / "step-36"))  # fmt: skip
+          resume=str(oldest_checkpoint(out)))  # fmt: skip
     return read_events(out / METRICS)
 
 
@@ -322,14 +327,15 @@ def test_resume_reports_a_changed_setting_and_that_the_new_value_wins(
     reference, resumed_with_new_lr: list[dict]
 ) -> None:
     (resumed,) = [e for e in resumed_with_new_lr if e["event"] == "resume"]
-    assert resumed["step"] == 36
+    assert resumed["step"] == step_of(oldest_checkpoint(reference.output_dir))
     peak = reference.config.train.learning_rate
     assert f"train.learning_rate: checkpoint {peak!r}, now {2 * peak!r} (the new value wins)" in resumed["changed"]
 
 
 def test_resume_trains_with_the_changed_learning_rate(reference, resumed_with_new_lr: list[dict]) -> None:
-    after = {e["step"]: e["lr"] for e in train_events(resumed_with_new_lr) if e["step"] > 36}
-    before = {e["step"]: e["lr"] for e in train_events(reference.events) if e["step"] > 36}
+    start = step_of(oldest_checkpoint(reference.output_dir))
+    after = {e["step"]: e["lr"] for e in train_events(resumed_with_new_lr) if e["step"] > start}
+    before = {e["step"]: e["lr"] for e in train_events(reference.events) if e["step"] > start}
     assert after and after == pytest.approx({step: 2 * lr for step, lr in before.items()}, rel=1e-12)
 
 
