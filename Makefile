@@ -24,6 +24,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 bench: $(STAMP)
+	$(PY) bench/make_corpus.py
+	$(PY) bench/bench_data.py
 	$(PY) bench/bench_mixer.py
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_collapse.py --epochs 2

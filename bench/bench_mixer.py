@@ -58,11 +58,14 @@ def docstring_tokens() -> tuple[np.ndarray, np.ndarray, int]:
     """Token ids and offsets of the standard library's docstrings, with the tokenizer's vocabulary size."""
     from data_mixers.builtin import builtin_texts
     from data_mixers.config import TokenizerConfig
-    from data_mixers.tokenizer import encode_texts, load_tokenizer
+    from data_mixers.encoding import EncodeSettings, encode_batch
+    from data_mixers.tokenizer import load_tokenizer
 
     texts = builtin_texts("python_docstrings")
-    tokenizer = load_tokenizer(TokenizerConfig(vocab_size=4096, cache_dir=str(REPO / ".cache/synthmix")), texts)
-    encoded = encode_texts(tokenizer, texts, add_eos=True)
+    config = TokenizerConfig(vocab_size=4096)
+    tokenizer = load_tokenizer(config, lambda: iter(texts), "builtin:python_docstrings", REPO / ".cache/synthmix")
+    settings = EncodeSettings(add_eos=True, assistant_only_loss=False, completion_only_loss=False)
+    encoded = encode_batch(tokenizer, texts, "text", settings).ids
     offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
     return np.concatenate(encoded).astype(np.int32), offsets, len(tokenizer)
 
@@ -94,8 +97,8 @@ def bench_mixer(real: dict, synthetic: dict, args: argparse.Namespace) -> dict:
     from data_mixers import Corpus, DataConfig, Mixer, SourceConfig
 
     corpora = [
-        Corpus("real", "real", real["ids"], real["offsets"], np.arange(len(real["offsets"]) - 1)),
-        Corpus("synthetic", "synthetic", synthetic["ids"], synthetic["offsets"], np.arange(args.synthetic)),
+        Corpus.from_offsets("real", "real", real["ids"], real["offsets"]),
+        Corpus.from_offsets("synthetic", "synthetic", synthetic["ids"], synthetic["offsets"]),
     ]
     data = DataConfig(
         sources=[SourceConfig(name="real", kind="real"), SourceConfig(name="synthetic", kind="synthetic")],

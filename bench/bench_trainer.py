@@ -127,7 +127,7 @@ def run_overrides(args: argparse.Namespace, output_dir: str) -> list[str]:
         "output_dir": output_dir,
         "seed": 0,
         "tokenizer.vocab_size": 4096,
-        "tokenizer.cache_dir": str(REPO / ".cache/synthmix"),
+        "data.cache_dir": str(REPO / ".cache/synthmix"),
         "data.sources": sources,
         "data.synthetic_ratio": 0.24,
         "data.allow_repeat": True,

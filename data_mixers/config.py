@@ -116,9 +116,10 @@ class DataConfig:
     """Held-out real text."""
     max_tokens_per_example: int | None = None
     """Truncate longer examples to this many tokens (null keeps them whole)."""
-    packing: Literal["wrap", "bfd"] = "wrap"
+    packing: Literal["auto", "wrap", "bfd"] = "auto"
     """How examples fill rows: `wrap` continues an example in the next row (continuous text); `bfd`
-    (best-fit decreasing) keeps every example whole in one row (instruction and chat data)."""
+    (best-fit decreasing) keeps every example whole in one row (instruction and chat data); `auto` is bfd when
+    a source is a chat or prompt-completion source, else wrap."""
     overflow: Literal["truncate", "split", "drop"] = "truncate"
     """With packing: bfd, an example longer than train.seq_len is cut to it, split into row-sized pieces, or
     dropped (each counted)."""
@@ -147,6 +148,15 @@ class TokenizerConfig:
     """Vocabulary size of a locally trained tokenizer (cached under data.cache_dir)."""
     trust_remote_code: bool = False
     """Allow code from the hub to run when loading `name` (off unless you trust the repository)."""
+
+
+def resolved_packing(data: DataConfig) -> str:
+    """`wrap` or `bfd`: data.packing, with `auto` deciding by the sources' form (whole examples for chats and
+    prompt-completion pairs, whose replies must not be cut from their prompts)."""
+    if data.packing != "auto":
+        return data.packing
+    structured = any(s.messages_field is not None or s.prompt_field is not None for s in data.sources)
+    return "bfd" if structured else "wrap"
 
 
 def validate_data(data: DataConfig) -> None:

@@ -79,8 +79,15 @@ def encode_batch(
 
 def _encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], add_eos: bool) -> list[np.ndarray]:
     eos = tokenizer.eos_token_id
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if hasattr(backend, "encode_batch_fast"):
+        # The fast tokenizer's own batch call, skipping the offsets and strings nothing here reads: what
+        # tokenizer(texts) does for the ids, in less time and memory.
+        batch = [encoding.ids for encoding in backend.encode_batch_fast(list(texts), add_special_tokens=True)]
+    else:
+        batch = tokenizer(list(texts), return_attention_mask=False)["input_ids"]
     out = []
-    for ids in tokenizer(list(texts), return_attention_mask=False)["input_ids"]:
+    for ids in batch:
         if add_eos and eos is not None and (not ids or ids[-1] != eos):
             ids = [*ids, eos]
         out.append(np.asarray(ids, dtype=np.int64))

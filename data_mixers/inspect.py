@@ -1,5 +1,7 @@
-"""What training would see, without training: each source's size, and per epoch the planned and realized
-token and example counts by kind (the numbers are the mixer's own, from the plan training follows)."""
+"""What training would see, without training: each source's size and where its tokens came from (the store,
+or built now), and per epoch the planned and realized token and example counts by kind, the rows, their
+padding efficiency and what the overflow policy removed (the numbers are the mixer's own, from the plan
+training follows)."""
 
 from __future__ import annotations
 
@@ -7,32 +9,44 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_mixers.config import DataConfig, TokenizerConfig
+from data_mixers.config import DataConfig, TokenizerConfig, resolved_packing
 from data_mixers.corpus import build_corpora
 from data_mixers.mixer import Mixer
 from synthmix.files import atomic_file
 
 
 def inspect_mix(
-    data: DataConfig, tokenizer: TokenizerConfig, seed: int, epochs: int, dump: Path | None = None
+    data: DataConfig,
+    tokenizer: TokenizerConfig,
+    seed: int,
+    epochs: int,
+    seq_len: int,
+    dump: Path | None = None,
+    rows: Path | None = None,
 ) -> dict[str, Any]:
-    """Build the corpora and the mixer of a (validated) config and describe sources and epochs as plain data."""
+    """Build the corpora and the mixer of a (validated) config and describe sources and epochs as plain data;
+    `dump` writes epoch 1's examples, `rows` its packed rows, as JSONL."""
     corpora = build_corpora(data, tokenizer)
-    mixer = Mixer(corpora.train, data, seed, epochs)
+    mixer = Mixer(corpora.train, data, seed, epochs, seq_len=seq_len)
     report: dict[str, Any] = {
         "unit": data.unit,
+        "packing": resolved_packing(data),
+        "seq_len": seq_len,
         "sources": [vars(r) for r in corpora.reports],
+        "cleaning": corpora.cleaning,
         "held_out_examples": len(corpora.held_out),
         "skipped": corpora.skipped_messages,
         "epochs": [mixer.summary(e) for e in range(1, epochs + 1)],
     }
     if dump is not None:
         report["dump"] = {"path": str(dump), "examples": write_dump(mixer, dump)}
+    if rows is not None:
+        report["rows_file"] = {"path": str(rows), "rows": write_rows(mixer, rows)}
     return report
 
 
 def write_dump(mixer: Mixer, path: Path) -> int:
-    """Write epoch 1's stream, one JSON line per example; returns the number of lines."""
+    """Write epoch 1's stream, one JSON line per example piece; returns the number of lines."""
     mixer.set_epoch(1)
     lines = 0
     with atomic_file(path) as out:
@@ -43,30 +57,74 @@ def write_dump(mixer: Mixer, path: Path) -> int:
     return lines
 
 
+def write_rows(mixer: Mixer, path: Path) -> int:
+    """Write epoch 1's rows as one process would train on them, one JSON line per row: its pieces (source, kind,
+    index in the source, start offset inside the example, tokens) and its padding; returns the rows written."""
+    mixer.set_epoch(1)
+    count = 0
+    with atomic_file(path) as out:
+        while row := mixer.next_row():
+            pieces = [
+                {"source": p.source, "kind": p.kind, "index": p.index, "start": p.start, "tokens": len(p.ids)}
+                for p in row
+            ]
+            padding = mixer.seq_len - sum(piece["tokens"] for piece in pieces)
+            out.write(json.dumps({"row": count, "pieces": pieces, "padding": padding}) + "\n")
+            count += 1
+    return count
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as aligned text tables."""
-    lines = [f"config: {report.get('config', '?')}  (ratio counted in {report['unit']})", "", "sources:"]
+    lines = [
+        f"config: {report.get('config', '?')}  (ratio counted in {report['unit']}; packing {report['packing']}, "
+        f"rows of {report['seq_len']} tokens)",
+        "",
+        "sources:",
+    ]
     header = f"  {'name':<24}{'kind':<11}{'loaded':>9}{'held out':>10}{'dupes':>8}{'contam':>8}"
-    lines.append(header + f"{'filtered':>10}{'examples':>10}{'tokens':>12}")
+    lines.append(header + f"{'filtered':>10}{'examples':>10}{'tokens':>13}  store")
     for s in report["sources"]:
         lines.append(
             f"  {s['name']:<24}{s['kind']:<11}{s['loaded']:>9,}{s['held_out']:>10,}{s['duplicates']:>8,}"
-            f"{s['contaminated']:>8,}{s['filtered']:>10,}{s['examples']:>10,}{s['tokens']:>12,}"
+            f"{s['contaminated']:>8,}{s['filtered']:>10,}{s['examples']:>10,}{s['tokens']:>13,}  "
+            f"{s['store']} in {s['seconds']:.2f} s"
         )
-    lines += ["", f"held-out examples: {report['held_out_examples']:,}", "", "epochs:"]
+    cleaning = report["cleaning"]
+    lines += [
+        f"  cleaning: {cleaning['store']} in {cleaning['seconds']:.2f} s; store entries under "
+        f"{Path(cleaning['entry']).parent}",
+        "",
+        f"held-out examples: {report['held_out_examples']:,}",
+        "",
+        "epochs:",
+    ]
     lines.append(
-        f"  {'epoch':>5}{'target':>8}{'planned syn':>13}{'real tok':>12}{'syn tok':>12}"
-        f"{'real ex':>10}{'syn ex':>10}{'token ratio':>13}{'example ratio':>15}"
+        f"  {'epoch':>5}{'target':>8}{'planned syn':>13}{'real tok':>12}{'syn tok':>12}{'real ex':>10}"
+        f"{'syn ex':>10}{'token ratio':>13}{'example ratio':>15}{'rows':>9}{'padding eff':>13}"
     )
     for e in report["epochs"]:
         lines.append(
             f"  {e['epoch']:>5}{e['target_synthetic_ratio']:>8.3f}{e['budgets']['synthetic']:>13,}"
             f"{e['tokens']['real']:>12,}{e['tokens']['synthetic']:>12,}{e['examples']['real']:>10,}"
             f"{e['examples']['synthetic']:>10,}{e['realized_token_ratio']:>13.4f}{e['realized_example_ratio']:>15.4f}"
+            f"{e['rows']:>9,}{e['padding_efficiency']:>13.4f}"
+        )
+    overflow = report["epochs"][0]["overflow"] if report["epochs"] else {}
+    if overflow:
+        lines.append(
+            f"  overflow ({overflow['policy']}, epoch 1): "
+            + "; ".join(
+                f"{kind} {overflow[kind]['examples']:,} examples longer than a row, {overflow[kind]['tokens']:,} "
+                "tokens removed"
+                for kind in ("real", "synthetic")
+            )
         )
     if report["skipped"]:
         lines += ["", f"skipped {len(report['skipped'])} malformed records (on_error: skip), first ones:"]
         lines += [f"  {msg}" for msg in report["skipped"][:5]]
     if "dump" in report:
         lines += ["", f"wrote {report['dump']['examples']:,} lines of epoch 1 to {report['dump']['path']}"]
+    if "rows_file" in report:
+        lines += ["", f"wrote {report['rows_file']['rows']:,} rows of epoch 1 to {report['rows_file']['path']}"]
     return "\n".join(lines)

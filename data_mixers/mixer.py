@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from data_mixers.config import KINDS, DataConfig
+from data_mixers.config import KINDS, DataConfig, resolved_packing
 from data_mixers.corpus import Corpus
 from data_mixers.errors import MixerError
 from data_mixers.rows import best_fit_decreasing, rows_from_assignment
@@ -158,7 +158,8 @@ class Mixer:
         if epoch == self.epoch and self._frozen is not None:
             return self._frozen
         ratio = float(np.clip(ratio_for_epoch(self.data, epoch, self.epochs) * self.ratio_scale, 0.0, 1.0))
-        bfd = self.data.packing == "bfd"
+        packing = resolved_packing(self.data)
+        bfd = packing == "bfd"
         return PlanSettings(
             target_ratio=ratio,
             unit=self.data.unit,
@@ -166,7 +167,7 @@ class Mixer:
             allow_repeat=self.data.allow_repeat,
             seed=self.seed,
             weights=tuple((s.name, s.weight) for s in self.data.sources),
-            packing=self.data.packing,
+            packing=packing,
             seq_len=self.seq_len if bfd else 0,
             overflow=self.data.overflow if bfd else "",
         )

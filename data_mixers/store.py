@@ -40,7 +40,7 @@ from synthmix.files import atomic_folder, disk_full_is_an_error
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
 _HEAD_TAIL = 1 << 20
-_BATCH = 4096
+_BATCH = 1024  # examples tokenized together: enough for the parallel path, little transient memory
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """`synthmix`: one command for every job, and the one error edge they share.
 
     synthmix train     --config CONFIG [--resume latest|PATH] [--section.key VALUE ...]
-    synthmix inspect   --config CONFIG [--json] [--dump FILE] [--epochs N] [--section.key VALUE ...]
+    synthmix inspect   --config CONFIG [--json] [--dump FILE] [--rows FILE] [--epochs N] [--section.key VALUE ...]
     synthmix report    RUN_DIR [RUN_DIR ...] [--out FILE]
     synthmix recursive --config CONFIG --strategy replace|accumulate|fixed_real [--generations G] ...
     synthmix generate  --model MODEL --prompts FILE [--n N] [--out FILE] [sampling flags]
@@ -59,12 +59,10 @@ def _one_line(err: BaseException) -> str:
 
 
 def _quiet_libraries() -> None:
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked eval/sampling otherwise warns
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint; ours say what runs
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -131,6 +129,7 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--dump", type=Path, help="write epoch 1's stream as JSONL (source, kind, index, n_tokens)")
+    parser.add_argument("--rows", type=Path, help="write epoch 1's packed rows as JSONL (pieces and padding per row)")
     parser.add_argument("--epochs", type=int, help="epochs to plan (default: train.epochs of the config)")
 
 
@@ -141,7 +140,10 @@ def _inspect(args: argparse.Namespace, overrides: list[str]) -> None:
     epochs = args.epochs if args.epochs is not None else config.train.epochs
     if epochs < 1:
         raise ConfigError(f"--epochs: must be at least 1, got {epochs}")
-    report = {"config": str(args.config), **inspect_mix(config.data, config.tokenizer, config.seed, epochs, args.dump)}
+    described = inspect_mix(
+        config.data, config.tokenizer, config.seed, epochs, config.train.seq_len, dump=args.dump, rows=args.rows
+    )
+    report = {"config": str(args.config), **described}
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 

@@ -50,6 +50,8 @@ class Progress:
     """Optimizer steps of each epoch: as run for past epochs, as planned for the others."""
     epoch_tokens: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     epoch_examples: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    epoch_capacity: int = 0
+    """Token slots of every row every process trained on this epoch (padding included)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data for progress.json."""
@@ -278,6 +280,7 @@ def fit(run: Run) -> None:
             for kind in KINDS:
                 progress.epoch_tokens[kind] += stats[f"tokens_{kind}"]
                 progress.epoch_examples[kind] += stats[f"examples_{kind}"]
+            progress.epoch_capacity += rows_per_step(config) * config.train.seq_len * accelerator.num_processes
             if progress.step % config.train.log_every_steps == 0:
                 run.log.event("train", step=progress.step, epoch=progress.epoch, **stats)
             bar.update(1)
@@ -374,12 +377,16 @@ def end_epoch(run: Run) -> None:
         tokens_synthetic=tokens["synthetic"],
         examples_real=examples["real"],
         examples_synthetic=examples["synthetic"],
+        padding_efficiency=(tokens["real"] + tokens["synthetic"]) / max(progress.epoch_capacity, 1),
+        packing=run.mixer.settings(progress.epoch).packing,
+        overflow=run.mixer.plan(progress.epoch).overflow,
     )
     alerts = evaluate(run, realized) if run.config.collapse.enabled else []
     progress.epoch += 1
     progress.step_in_epoch = 0
     progress.epoch_tokens = dict.fromkeys(KINDS, 0)
     progress.epoch_examples = dict.fromkeys(KINDS, 0)
+    progress.epoch_capacity = 0
     apply_actions(run, alerts)
     save_checkpoint(run)
 

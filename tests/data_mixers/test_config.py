@@ -129,6 +129,18 @@ def test_wrong_types_name_the_dotted_key(tmp_path: Path, raw: dict, expected: st
             {"sources": [{"name": "a", "path": "x"}], "held_out": {"sources": [{"name": "a", "path": "y"}]}},
             "data.held_out.sources[0].name: the name 'a' is used twice",
         ),
+        (
+            {"sources": [{"name": "a", "path": "x", "prompt_field": "p"}]},
+            "data.sources[0]: set prompt_field and completion_field together (a prompt-completion source)",
+        ),
+        (
+            {
+                "sources": [
+                    {"name": "a", "path": "x", "prompt_field": "p", "completion_field": "c", "messages_field": "m"}
+                ]
+            },
+            "data.sources[0]: set messages_field or prompt_field/completion_field, not both",
+        ),
     ],
 )
 def test_values_out_of_range_and_bad_schedules_are_refused(tmp_path: Path, data: dict, expected: str) -> None:

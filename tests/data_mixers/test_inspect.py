@@ -127,3 +127,23 @@ def test_module_entry_point_runs(cache: str) -> None:
     done = subprocess.run([*command, "--data.cache_dir", cache], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "trigram-synthetic" in done.stdout and "epochs:" in done.stdout
+
+
+def test_rows_file_shows_whole_examples_under_bfd_and_the_report_shows_the_store(inspect, tmp_path: Path) -> None:
+    rows_file = tmp_path / "rows.jsonl"
+    result = report(inspect, "--data.packing", "bfd", "--data.overflow", "split", "--rows", str(rows_file))
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    epoch = result["epochs"][0]
+    assert len(rows) == result["rows_file"]["rows"] == epoch["rows"]
+    seq_len = result["seq_len"]
+    for row in rows:
+        assert sum(p["tokens"] for p in row["pieces"]) + row["padding"] == seq_len
+        for piece in row["pieces"]:
+            assert piece["start"] % seq_len == 0  # past 0 only as the later piece of an example split by overflow
+    assert {p["start"] > 0 for row in rows for p in row["pieces"]} == {False, True}  # tiny.yaml has long examples
+    assert epoch["overflow"]["policy"] == "split" and epoch["overflow"]["real"]["tokens"] == 0
+    used = sum(p["tokens"] for row in rows for p in row["pieces"])
+    assert epoch["padding_efficiency"] == pytest.approx(used / (len(rows) * seq_len))
+    assert {s["store"] for s in result["sources"]} <= {"built", "cached"} and result["cleaning"]["store"]
+    code, out, _ = inspect("--data.packing", "bfd")
+    assert code == 0 and "padding eff" in out and "overflow (truncate, epoch 1)" in out and "cached in" in out

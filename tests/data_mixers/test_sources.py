@@ -382,3 +382,35 @@ def test_jsonl_round_trips_any_text(tmp_path: Path, texts: list[str]) -> None:
 def test_csv_round_trips_any_text(tmp_path: Path, texts: list[str]) -> None:
     write_csv(tmp_path / "r.csv", [["text"]] + [[t] for t in texts])
     assert load(tmp_path, "r.csv").items == texts
+
+
+# ---------------------------------------------------------------- prompt-completion (TRL's third format)
+def test_prompt_completion_pairs_plain_and_conversational(tmp_path: Path) -> None:
+    from data_mixers.sources import PromptCompletion
+
+    write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "2 + 2 =", "completion": " 4", "id": 1}])
+    assert load(tmp_path, "pc.jsonl", prompt_field="prompt", completion_field="completion").items == [
+        PromptCompletion("2 + 2 =", " 4")
+    ]
+    pair = {"prompt": [CHAT[0]], "completion": [CHAT[1]]}
+    write_jsonl(tmp_path / "cpc.jsonl", [pair])
+    pq.write_table(pa.table({"q": ["a?"], "a": ["b."]}), tmp_path / "pc.parquet")
+    assert load(tmp_path, "cpc.jsonl", prompt_field="prompt", completion_field="completion").items == [
+        PromptCompletion([CHAT[0]], [CHAT[1]])
+    ]
+    assert load(tmp_path, "pc.parquet", prompt_field="q", completion_field="a").items == [PromptCompletion("a?", "b.")]
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({"prompt": "p"}, "no field 'completion' (fields: prompt)"),
+        ({"prompt": "p", "completion": ""}, "field 'completion' is empty"),
+        ({"prompt": "p", "completion": [CHAT[1]]}, "field 'prompt' is a string, expected a list of {role, content}"),
+        ({"prompt": 3, "completion": "c"}, "field 'prompt' is a number (3), expected a string"),
+    ],
+)
+def test_malformed_prompt_completion_records_name_the_field(tmp_path: Path, record: Any, reason: str) -> None:
+    write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "ok", "completion": "fine"}, record])
+    fields = {"prompt_field": "prompt", "completion_field": "completion"}
+    assert error(tmp_path, "pc.jsonl", **fields) == f"source 'x': pc.jsonl:2: {reason}"

@@ -43,17 +43,17 @@ def main() -> None:
 
 
 def record_pieces(mixer) -> list[list]:
-    """Wrap this mixer's `take_tokens` (the loop's only way to read the stream) to log what it returns, as
+    """Wrap this mixer's `next_row` (the loop's only way to read the stream) to log what it returns, as
     [epoch, kind, source, index, start, length] rows."""
     pieces: list[list] = []
-    take_tokens = mixer.take_tokens
+    next_row = mixer.next_row
 
-    def recording(n: int):
-        taken = take_tokens(n)
+    def recording():
+        taken = next_row()
         pieces.extend([mixer.epoch, e.kind, e.source, int(e.index), int(e.start), len(e.ids)] for e in taken)
         return taken
 
-    mixer.take_tokens = recording
+    mixer.next_row = recording
     return pieces
 
 

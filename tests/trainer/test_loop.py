@@ -21,19 +21,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dist_probe import record_pieces
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trainer.loop as loop
 from data_mixers.corpus import build_corpora
+from data_mixers.encoding import encode_chat
 from data_mixers.mixer import Mixer
 from synthmix.cli import main as synthmix
 from synthmix.schema import to_dict
 from trainer.checkpoint import find_checkpoint, verify
 from trainer.config import RunConfig, load_config
 from trainer.errors import TrainerError
-from trainer.loop import setup, train
+from trainer.loop import fit, setup, train
 from trainer.model import add_lora, build_model
 from trainer.packing import IGNORE, pack_rows
 from trainer.run_log import METRICS, RunLog, read_events
@@ -426,6 +428,53 @@ def test_chat_data_trains(chat_config: Path, tmp_path: Path) -> None:
     assert [e["step"] for e in steps] == [1, 2]
     assert all(math.isfinite(e["loss_real"]) and e["loss_synthetic"] is None for e in steps)
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_chats_packed_whole_with_bfd_train_every_reply_with_its_prompt(chat_config: Path, tmp_path: Path) -> None:
+    overrides = ["--data.packing", "bfd", "--train.max_steps", "null", "--train.seq_len", "128"]  # every chat fits
+    config = run_config(chat_config, tmp_path / "run", *overrides)
+    run = setup(config, resume=None)
+    pieces = record_pieces(run.mixer)
+    try:
+        fit(run)
+    finally:
+        run.log.close()
+    lengths = {i: len(encode_chat(run.tokenizer, CHATS[i])[0]) for i in range(len(CHATS))}
+    chats = [p for p in pieces if p[0] == 1]
+    assert chats and all(start == 0 and n == lengths[index] for _, _, _, index, start, n in chats)
+    assert sorted(p[3] for p in chats) == sorted(set(range(len(CHATS))) - held_indices(run))
+
+
+def held_indices(run) -> set[int]:
+    """The chats the run holds out (their token ids are the store's)."""
+    held = {tuple(ids.tolist()) for ids in run.held_out}
+    return {i for i in range(len(CHATS)) if tuple(encode_chat(run.tokenizer, CHATS[i])[0].tolist()) in held}
+
+
+def test_prompt_completion_data_trains_on_the_completions_only(make_config, tmp_path: Path) -> None:
+    pairs = [{"prompt": f"What is {i} plus {i}?", "completion": f" It is {2 * i}."} for i in range(40)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    source = {
+        "name": "qa",
+        "kind": "real",
+        "path": str(path),
+        "prompt_field": "prompt",
+        "completion_field": "completion",
+    }
+    data = {"sources": [source], "synthetic_ratio": 0.0, "packing": "bfd"}
+    config = run_config(make_config({**QUICK, "data": data, "train": {"max_steps": 2}}), tmp_path / "run")
+    corpora = build_corpora(config.data, config.tokenizer)
+    tokenizer = corpora.tokenizer
+    mixer = Mixer(corpora.train, config.data, config.seed, seq_len=config.train.seq_len)
+    mixer.set_epoch(1)
+    for example in mixer:
+        labels = pack_rows([[example]], len(example.ids), tokenizer.pad_token_id).labels[0]
+        assert (
+            tokenizer.decode(labels[labels != IGNORE].tolist()) == pairs[example.index]["completion"] + "<|endoftext|>"
+        )
+    steps = train_events(read_events(train(config) / METRICS))
+    assert [e["step"] for e in steps] == [1, 2] and all(math.isfinite(e["loss"]) for e in steps)
 
 
 # ---------------------------------------------------------------------------------------------- the CLI

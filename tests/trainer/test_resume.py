@@ -4,11 +4,14 @@ is left of it, and the new values apply from the next epoch on."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 from dist_probe import record_pieces
 
+from data_mixers import MixerError
 from trainer.config import load_config
 from trainer.loop import fit, setup
 from trainer.run_log import METRICS, read_events
@@ -89,3 +92,28 @@ def test_a_mid_epoch_resume_with_changed_settings_keeps_the_epoch_exact(
     assert [e["step"] for e in steps] == list(range(1, len(steps) + 1))  # every step once, none replayed
     assert all(e["tokens_real"] + e["tokens_synthetic"] > 0 for e in steps)  # and no step without data
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_bfd_run_resumed_mid_epoch_ends_with_the_uninterrupted_adapter(make_config, tmp_path: Path) -> None:
+    path = make_config({**QUICK, "data": {"packing": "bfd"}, "checkpoint": {"every_steps": 5}})
+    straight = tmp_path / "straight"
+    pieces = train_recording(load_config(path, ["--output_dir", str(straight)]))
+    assert pieces and all(start == 0 for *_, start, n in pieces if n < 64)  # whole examples, none continued
+    out = tmp_path / "resumed"
+    shutil.copytree(straight, out)
+    shutil.rmtree(out / "adapter")
+    middle = min((out / "checkpoints").iterdir(), key=lambda p: int(p.name.removeprefix("step-")))
+    assert json.loads((middle / "progress.json").read_text())["step_in_epoch"] > 0  # a checkpoint inside an epoch
+    train_recording(load_config(path, ["--output_dir", str(out)]), resume=str(middle))
+    adapter = "adapter/adapter_model.safetensors"
+    assert (out / adapter).read_bytes() == (straight / adapter).read_bytes()
+    epochs = [e for e in read_events(out / METRICS) if e["event"] == "epoch"]
+    assert [e["packing"] for e in epochs] == ["bfd", "bfd"] and all(0.5 < e["padding_efficiency"] <= 1 for e in epochs)
+
+
+def test_a_bfd_resume_with_another_seq_len_mid_epoch_is_refused(make_config, tmp_path: Path) -> None:
+    path = make_config({**QUICK, "data": {"packing": "bfd"}})
+    out = tmp_path / "run"
+    train_recording(load_config(path, ["--output_dir", str(out), "--train.max_steps", "6"]))
+    with pytest.raises(MixerError, match=r"packed \(data.packing: bfd\) into rows of 64 tokens; resume it with"):
+        setup(load_config(path, ["--output_dir", str(out), "--train.seq_len", "48"]), resume="latest")
