@@ -222,6 +222,10 @@ class TrainConfig:
     """At the end, also save the base model with the adapter merged into it under OUTPUT_DIR/merged/."""
     compile: bool = False
     """torch.compile the model (GPU; the first steps are slower while it compiles)."""
+    loss: Literal["auto", "chunked", "liger", "full"] = "auto"
+    """How the loss is computed: `chunked` from the hidden states in chunks of tokens (never the full logits);
+    `liger` (CUDA, liger-kernel installed); `full` from the model's logits; auto: liger where it checks out,
+    else chunked."""
     progress: bool = True
     """Show a progress bar on the main process."""
 

@@ -32,8 +32,9 @@ from trainer.collapse import CollapseMonitor
 from trainer.config import RunConfig, validate
 from trainer.distributed import compute_dtype, describe, make_accelerator, max_over_ranks
 from trainer.errors import TrainerError
+from trainer.loss import LossChoice, choose_loss, model_kwargs, per_token_nll
 from trainer.model import add_lora, build_model, check_positions, resolve_dtype
-from trainer.packing import PackedBatch, pack_rows, token_losses
+from trainer.packing import PackedBatch, pack_rows
 from trainer.run_log import METRICS, RunLog
 from trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
 from trainer.weights import OptimizerState, TrainableWeights, WeightsCodec
@@ -81,6 +82,7 @@ class Run:
     checkpointer: Checkpointer
     compute_dtype: torch.dtype
     progress: Progress
+    loss: LossChoice
     monitor: CollapseMonitor | None = None
     stop_reason: str | None = None
     checkpointed_step: int | None = None
@@ -153,6 +155,7 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         progress=Progress(
             steps_per_epoch=[steps_in_epoch(mixer, e, config) for e in range(1, config.train.epochs + 1)]
         ),
+        loss=choose_loss(config.train.loss, accelerator.unwrap_model(model), accelerator.device),
     )
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.train, lambda: run.total_steps))
     if config.collapse.enabled and accelerator.is_main_process:
@@ -189,6 +192,7 @@ def _log_start(run: Run, reports: list[SourceReport]) -> None:
         trainable_parameters=sum(p.numel() for p in run.model.parameters() if p.requires_grad),
         parameters=sum(p.numel() for p in run.model.parameters()),
         steps_per_epoch=run.progress.steps_per_epoch,
+        loss={"kind": run.loss.kind, "reason": run.loss.reason},
         **describe(run.accelerator),
     )
 
@@ -309,13 +313,14 @@ def train_step(run: Run) -> dict[str, Any]:
         batch = batch.to(accelerator.device)
         last = i == len(micro_batches) - 1
         with accelerator.no_sync(model) if not last else contextlib.nullcontext(), accelerator.autocast():
-            logits = model(
+            output = model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask(run.compute_dtype),
                 position_ids=batch.position_ids,
                 use_cache=False,
-            ).logits
-            nll = token_losses(logits, batch.labels)
+                **model_kwargs(run.loss),
+            )
+            nll = per_token_nll(run.loss, output, model, batch.labels)
             # DDP averages gradients over processes, so scale by their number to get the global token mean.
             loss = nll.sum() / global_count * accelerator.num_processes
         accelerator.backward(loss)

@@ -17,8 +17,8 @@ import torch
 
 from data_mixers.config import KINDS
 from data_mixers.mixer import Example
+from trainer.loss import IGNORE
 
-IGNORE = -100
 KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}
 PAD_KIND = -1
 
@@ -52,7 +52,7 @@ class PackedBatch:
 
     def sums_by_kind(self, nll: torch.Tensor) -> torch.Tensor:
         """[nll, loss tokens, tokens, examples started], each for real then synthetic (float64), from the
-        per-position losses `token_losses` returned for this batch."""
+        per-position losses `trainer.loss.per_token_nll` returned for this batch."""
         kinds = self.kinds[:, 1:]
         has_loss = self.labels[:, 1:] != IGNORE
         values = [nll[kinds == code].double().sum() for code in KIND_CODES.values()]
@@ -99,15 +99,3 @@ def pack_rows(rows: list[list[Example]], seq_len: int, pad_id: int) -> PackedBat
         position_ids[r, cursor:] = np.arange(seq_len - cursor)
     tensors = (input_ids, labels, position_ids, segment_ids, kinds, started)
     return PackedBatch(*(torch.from_numpy(t) for t in tensors))
-
-
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-position negative log-likelihood [B, L-1] in float32 (0 where the label is ignored)."""
-    # Over the contiguous [B*L, V] logits with labels shifted left (the last position gets IGNORE): slicing
-    # logits[:, :-1] and moving the vocabulary to dim 1 costs a strided log-softmax and, backward, a zero-filled
-    # copy of the whole logits tensor.
-    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
-    nll = torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="none"
-    )
-    return nll.view(labels.shape)[:, :-1]

@@ -357,8 +357,8 @@ def test_non_finite_loss_stops_naming_the_step_and_the_intact_checkpoint(
     out = tmp_path / "run"
     config = run_config(make_config({**QUICK, "checkpoint": {"every_steps": 2}, "train": {"max_steps": 8}}), out)
     calls = itertools.count(1)
-    real = loop.token_losses
-    monkeypatch.setattr(loop, "token_losses", lambda *a: real(*a) * (math.nan if next(calls) >= 5 else 1.0))
+    real = loop.per_token_nll
+    monkeypatch.setattr(loop, "per_token_nll", lambda *a: real(*a) * (math.nan if next(calls) >= 5 else 1.0))
 
     with pytest.raises(TrainerError, match=r"not finite at step 5") as caught:
         train(config)

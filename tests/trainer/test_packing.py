@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from data_mixers.mixer import Example
 from trainer.config import ModelConfig
 from trainer.model import build_model
-from trainer.packing import IGNORE, KIND_CODES, PAD_KIND, pack_rows, token_losses
+from trainer.packing import IGNORE, KIND_CODES, PAD_KIND, pack_rows
 
 PAD = 1
 
@@ -119,25 +119,3 @@ def test_packed_pieces_give_the_logits_of_each_piece_run_alone(model) -> None:
             cursor += len(p.ids)
     # Without the block mask later pieces would see earlier ones: the comparison above can tell.
     assert min(leaks) > 1e-2
-
-
-@torch.no_grad()
-def test_token_losses_match_the_models_own_loss_on_an_unpacked_row(model) -> None:
-    ids = np.random.default_rng(1).integers(2, 300, 16)
-    batch = pack_rows([[piece(ids)]], 16, PAD)
-    output = model(input_ids=batch.input_ids, labels=batch.input_ids)
-    nll = token_losses(output.logits, batch.labels)
-    assert nll.shape == (1, 15) and nll.dtype == torch.float32
-    assert batch.loss_tokens == 15
-    torch.testing.assert_close(nll.sum() / batch.loss_tokens, output.loss, rtol=0, atol=1e-6)
-
-
-@torch.no_grad()
-def test_token_losses_are_zero_where_the_label_is_ignored(model) -> None:
-    ids = np.random.default_rng(2).integers(2, 300, 10)
-    mask = [True, True, False, False, True, True, True, False, True, True]
-    batch = pack_rows([[piece(ids, mask=mask)]], 12, PAD)
-    nll = token_losses(model(input_ids=batch.input_ids).logits, batch.labels)
-    ignored = batch.labels[:, 1:] == IGNORE
-    assert torch.all(nll[ignored] == 0) and torch.all(nll[~ignored] > 0)
-    assert int((~ignored).sum()) == batch.loss_tokens == 6  # positions 1, 4, 5, 6, 8, 9
