@@ -8,7 +8,8 @@
     synthmix demo      [--samples N] [--cache-dir DIR] [--section.key VALUE ...]
 
 An error the user can fix (a `UserError`: a bad key, a missing file, a malformed line, a full disk) prints one
-line `error: ...` and exits 2; `--debug` also prints its traceback. Any other exception is a bug: its traceback
+line `error: ...` and exits 2; `--debug` also prints its traceback. A run stopped by SIGTERM or SIGUSR1 (after
+writing a checkpoint) says so and exits 75. Any other exception is a bug: its traceback
 is printed as Python prints it. Heavy libraries are imported only by the command that needs them, so `--help`
 and configuration errors answer at once.
 """
@@ -25,10 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synthmix.errors import ConfigError, UserError
+from synthmix.errors import ConfigError, Preempted, UserError
 
 Handler = Callable[[argparse.Namespace, list[str]], None]
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped on SIGTERM/SIGUSR1 with a checkpoint; try again
 
 
 def main(argv: list[str] | None = None, prog: str = "synthmix") -> int:
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None, prog: str = "synthmix") -> int:
             traceback.print_exc()
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Preempted as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,3 +12,8 @@ class ConfigError(UserError):
 
 class DiskFullError(UserError):
     """The disk filled up while writing; the message names the path and what to free."""
+
+
+class Preempted(Exception):
+    """A run stopped on a preemption signal (SIGTERM, SIGUSR1) after writing a checkpoint; not an error, but
+    not finished: the command line exits 75 so a job script can requeue it."""

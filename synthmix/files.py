@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -20,12 +21,19 @@ from typing import IO, Any
 from synthmix.errors import DiskFullError
 
 _TEMP_MARK = ".tmp-"
+_TEMPORARY = re.compile(r"^\.(.+)\.tmp-\d+-[0-9a-f]{8}$")
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def temporary_sibling(path: Path) -> Path:
     """A fresh hidden name beside `path`, unique across processes (pid + random), marked as temporary."""
     return path.with_name(f".{path.name}{_TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def final_name(path: Path) -> Path:
+    """`path` with every temporary component (see `temporary_sibling`) replaced by the name it will be renamed to."""
+    parts = [_TEMPORARY.sub(r"\1", part) for part in path.parts]
+    return Path(*parts)
 
 
 def remove_temporaries(folder: Path) -> None:
@@ -112,24 +120,27 @@ def disk_full_is_an_error(path: Path) -> Iterator[None]:
     """Turn "no space left on device" (or an exceeded quota) while writing `path` into a DiskFullError."""
     try:
         yield
-    except OSError as err:
-        if err.errno not in _FULL and not _is_full_message(err):
-            raise
-        raise DiskFullError(no_space_message(path)) from None
-    except RuntimeError as err:  # torch.save and safetensors wrap the OSError in their own exceptions
-        if not _is_full_message(err):
+    except (OSError, RuntimeError) as err:  # torch.save and safetensors wrap the OSError in their own exceptions
+        if not is_disk_full(err):
             raise
         raise DiskFullError(no_space_message(path)) from None
 
 
-def _is_full_message(err: BaseException) -> bool:
+def is_disk_full(err: BaseException | None) -> bool:
+    """Whether `err` is "no space left on device" or "disk quota exceeded", raw or wrapped by a library."""
+    if isinstance(err, OSError) and err.errno in _FULL:
+        return True
     text = str(err).lower()
-    return "no space left on device" in text or "disk quota exceeded" in text
+    return isinstance(err, (OSError, RuntimeError)) and (
+        "no space left on device" in text or "disk quota exceeded" in text
+    )
 
 
 def no_space_message(path: Path) -> str:
-    """One line naming the path, the free space where it lies, and what to do."""
-    existing = Path(path)
+    """One line naming the path (by its final name, not the temporary one being written), the free space where
+    it lies, and what to do."""
+    path = final_name(Path(path))
+    existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     try:

@@ -38,6 +38,7 @@ from accelerate.utils import gather_object
 
 from synthmix.files import atomic_folder, disk_full_is_an_error, remove_temporaries
 from synthmix.schema import flatten
+from trainer.distributed import on_main_process
 from trainer.errors import TrainerError
 
 MANIFEST = "manifest.json"
@@ -127,19 +128,24 @@ class Checkpointer:
         config) goes into the manifest, `files` are copied in as they are. Returns the folder."""
         states = {part.name: self._state_of(part) for part in parts}
         final = self.root / f"step-{step}"
-        if self.accelerator.is_main_process:
-            with atomic_folder(final) as folder:
-                for part in parts:
-                    part.codec.write(folder / part.codec.filename(part.name), states[part.name])
-                for name, source in files.items():
-                    if source.exists():
-                        shutil.copyfile(source, folder / name)
-                checksums = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-                manifest = {**meta, "step": step, "created": time.time(), "files": checksums}
-                (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            self._prune()
+        on_main_process(self.accelerator, lambda: self._write(step, parts, states, meta, files))
         self.accelerator.wait_for_everyone()
         return final
+
+    def _write(
+        self, step: int, parts: list[Part], states: dict[str, Any], meta: dict[str, Any], files: dict[str, Path]
+    ) -> None:
+        # Pruning comes after the new checkpoint is sealed: a full disk leaves the older ones as they were.
+        with atomic_folder(self.root / f"step-{step}") as folder:
+            for part in parts:
+                part.codec.write(folder / part.codec.filename(part.name), states[part.name])
+            for name, source in files.items():
+                if source.exists():
+                    shutil.copyfile(source, folder / name)
+            checksums = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+            manifest = {**meta, "step": step, "created": time.time(), "files": checksums}
+            (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        self._prune()
 
     def _state_of(self, part: Part) -> Any:
         if part.per_rank:

@@ -226,6 +226,9 @@ class TrainConfig:
     """How the loss is computed: `chunked` from the hidden states in chunks of tokens (never the full logits);
     `liger` (CUDA, liger-kernel installed); `full` from the model's logits; auto: liger where it checks out,
     else chunked."""
+    sharding: Literal["auto", "none", "fsdp2"] = "auto"
+    """Shard the model over the processes with FSDP2: auto follows the launch config (distributed_type: FSDP);
+    fsdp2 shards under any launcher (torchrun); none refuses an FSDP launch config."""
     progress: bool = True
     """Show a progress bar on the main process."""
 

@@ -4,10 +4,16 @@ on gloo, GPUs), its precision, and the few collectives the loop needs."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
+
+from synthmix.errors import UserError
+
+T = TypeVar("T")
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
@@ -29,10 +35,14 @@ def resolve_mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def autocast_dtype(accelerator: Accelerator) -> torch.dtype | None:
+    """The dtype autocast computes in (None without mixed precision)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
+
+
 def compute_dtype(accelerator: Accelerator, model: torch.nn.Module) -> torch.dtype:
     """The dtype activations are computed in: the autocast dtype, else the weights'."""
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
-    return autocast or next(model.parameters()).dtype
+    return autocast_dtype(accelerator) or next(model.parameters()).dtype
 
 
 def max_over_ranks(accelerator: Accelerator, value: int) -> int:
@@ -41,11 +51,49 @@ def max_over_ranks(accelerator: Accelerator, value: int) -> int:
     return int(gathered.max())
 
 
-def describe(accelerator: Accelerator) -> dict[str, Any]:
-    """What the launch is, for the run's `config` event."""
+def describe(accelerator: Accelerator, sharding: dict[str, Any] | None) -> dict[str, Any]:
+    """What the launch is, for the run's `config` event: `distributed_type` is accelerate's name for it (FSDP
+    when the model is sharded, which the trainer does itself; `process_group` is what accelerate set up)."""
+    process_group = str(accelerator.distributed_type).removeprefix("DistributedType.")
     return {
         "world_size": accelerator.num_processes,
         "device": str(accelerator.device),
-        "distributed_type": str(accelerator.distributed_type).removeprefix("DistributedType."),
+        "distributed_type": "FSDP" if sharding is not None else process_group,
+        "process_group": process_group,
+        "sharding": sharding,
         "mixed_precision": str(accelerator.mixed_precision),
     }
+
+
+def first_then_others(accelerator: Accelerator, job: Callable[[], T], first: bool) -> T:
+    """Run `job` on the processes where `first` is true, then on the others (which reuse what it built: the
+    store, the tokenizer). A UserError where it ran first (a full disk, a bad source) is raised on every process
+    instead of leaving the others waiting for it in a collective (collective: call on every rank)."""
+    result: T | None = None
+    problem: UserError | None = None
+    if first:
+        try:
+            result = job()
+        except UserError as err:
+            problem = err
+    failures = [p for p in gather_object([problem]) if p is not None] if accelerator.num_processes > 1 else []
+    if problem is not None:
+        raise problem
+    if failures:
+        raise failures[0]
+    return result if first else job()  # type: ignore[return-value]
+
+
+def on_main_process(accelerator: Accelerator, job: Callable[[], None]) -> None:
+    """Run `job` (writing files) on the main process only; a UserError there (a full disk) is raised on every
+    process, so none waits forever in the next collective (collective: call on every rank)."""
+    problem: UserError | None = None
+    if accelerator.is_main_process:
+        try:
+            job()
+        except UserError as err:
+            problem = err
+    if accelerator.num_processes > 1:
+        problem = broadcast_object_list([problem])[0]
+    if problem is not None:
+        raise problem

@@ -8,7 +8,6 @@ epoch's realized ratio, the collapse hook and its actions, and a checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from data_mixers.config import KINDS
@@ -30,14 +29,24 @@ from synthmix.schema import to_dict
 from trainer.checkpoint import JSON, Checkpointer, Part, RngState
 from trainer.collapse import CollapseMonitor
 from trainer.config import RunConfig, validate
-from trainer.distributed import compute_dtype, describe, make_accelerator, max_over_ranks
+from trainer.distributed import (
+    autocast_dtype,
+    compute_dtype,
+    describe,
+    first_then_others,
+    make_accelerator,
+    max_over_ranks,
+    on_main_process,
+)
 from trainer.errors import TrainerError
 from trainer.loss import LossChoice, choose_loss, model_kwargs, per_token_nll
-from trainer.model import add_lora, build_model, check_positions, resolve_dtype
+from trainer.model import add_lora, build_model, check_positions, merged_copy, resolve_dtype
 from trainer.packing import PackedBatch, pack_rows
+from trainer.preemption import Preempted, StopSignals
 from trainer.run_log import METRICS, RunLog
 from trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
-from trainer.weights import OptimizerState, TrainableWeights, WeightsCodec
+from trainer.sharding import full_value, gradient_sync, shard, sharding_for_launch
+from trainer.weights import OptimizerState, TrainableWeights, WeightsCodec, full_model_state
 
 
 @dataclasses.dataclass
@@ -83,8 +92,13 @@ class Run:
     compute_dtype: torch.dtype
     progress: Progress
     loss: LossChoice
+    sharding: dict[str, Any] | None = None
+    """How the model is sharded (FSDP2), as the config event records it; None when every process holds it whole."""
     monitor: CollapseMonitor | None = None
     stop_reason: str | None = None
+    signals: StopSignals = dataclasses.field(default_factory=StopSignals)
+    preempted: bool = False
+    """A process received a preemption signal: the run stops after this step (every process agrees)."""
     checkpointed_step: int | None = None
     """The step of the newest checkpoint, so a run that stops between checkpoints writes a final one."""
 
@@ -106,8 +120,10 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     run = setup(config, resume)
     try:
         fit(run)
-    finally:
-        run.log.close()
+    except BaseException:
+        run.log.close(warn=False)  # the error on its way out is the message; a failed final flush is not news
+        raise
+    run.log.close()
     return run.output_dir
 
 
@@ -115,29 +131,36 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
 def setup(config: RunConfig, resume: str | None) -> Run:
     """Build data, model, optimizer and schedule; restore a checkpoint when resuming."""
     validate(config)  # again: a job (the demo, the recursive loop) may have changed the config after loading
+    sharding = sharding_for_launch(config.train.sharding)  # before the Accelerator: it clears accelerate's FSDP
     accelerator = make_accelerator(config.train.mixed_precision)
     output_dir = Path(config.output_dir)
     checkpointer = Checkpointer(output_dir / "checkpoints", accelerator, config.checkpoint.keep_last)
-    if accelerator.is_main_process:
-        _prepare_output_dir(output_dir, resume, checkpointer)
-    accelerator.wait_for_everyone()
+    on_main_process(accelerator, lambda: _prepare_output_dir(output_dir, resume, checkpointer))
     set_seed(config.seed)
     # One process builds the store, the others wait and map it (one per node when the cache is node-local).
-    first = accelerator.main_process_first if config.data.cache_shared else accelerator.local_main_process_first
-    with first():
-        corpora = build_corpora(
+    corpora = first_then_others(
+        accelerator,
+        lambda: build_corpora(
             config.data, config.tokenizer, progress=accelerator.is_main_process and config.train.progress
-        )
+        ),
+        first=accelerator.is_main_process if config.data.cache_shared else accelerator.is_local_main_process,
+    )
     dtype = resolve_dtype(config.model, accelerator.device.type == "cuda")
     model = add_lora(build_model(config.model, corpora.tokenizer, dtype), config.lora)
     check_positions(model, config)
     rank, world_size = accelerator.process_index, accelerator.num_processes
     mixer = Mixer(corpora.train, config.data, config.seed, config.train.epochs, rank, world_size, config.train.seq_len)
+    sharded = None
+    if sharding is not None:  # before the optimizer, which must hold the shards
+        sharded = shard(model, sharding, accelerator.device, accelerator.num_processes, autocast_dtype(accelerator))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
     if config.train.compile:
         model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if sharded is None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:  # the model stays as sharded: accelerate would wrap it in DDP
+        optimizer = accelerator.prepare(optimizer)
     resume_from = checkpointer.find(resume) if resume else None
     run = Run(
         config=config,
@@ -156,9 +179,11 @@ def setup(config: RunConfig, resume: str | None) -> Run:
             steps_per_epoch=[steps_in_epoch(mixer, e, config) for e in range(1, config.train.epochs + 1)]
         ),
         loss=choose_loss(config.train.loss, accelerator.unwrap_model(model), accelerator.device),
+        sharding=sharded,
     )
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.train, lambda: run.total_steps))
-    if config.collapse.enabled and accelerator.is_main_process:
+    # Sharded weights are gathered by every process's forward: then every process runs the hook.
+    if config.collapse.enabled and (accelerator.is_main_process or sharded is not None):
         run.monitor = CollapseMonitor(config.collapse, corpora.tokenizer, corpora.held_out)
     if resume_from is not None:
         _resume(run, resume_from)
@@ -193,7 +218,7 @@ def _log_start(run: Run, reports: list[SourceReport]) -> None:
         parameters=sum(p.numel() for p in run.model.parameters()),
         steps_per_epoch=run.progress.steps_per_epoch,
         loss={"kind": run.loss.kind, "reason": run.loss.reason},
-        **describe(run.accelerator),
+        **describe(run.accelerator, run.sharding),
     )
 
 
@@ -265,7 +290,8 @@ def _replan_steps(run: Run) -> None:
 
 # ---------------------------------------------------------------------------------------------- the loop
 def fit(run: Run) -> None:
-    """Train from `run.progress` to the end, checkpointing as configured."""
+    """Train from `run.progress` to the end, checkpointing as configured; on a preemption signal, stop after
+    the step under way with a checkpoint and raise `Preempted`."""
     config, progress, accelerator = run.config, run.progress, run.accelerator
     bar = tqdm(
         total=run.total_steps,
@@ -274,30 +300,56 @@ def fit(run: Run) -> None:
         dynamic_ncols=True,
         disable=not (accelerator.is_main_process and config.train.progress),
     )
-    while progress.epoch <= config.train.epochs and progress.step < run.total_steps and run.stop_reason is None:
-        if progress.step_in_epoch == 0:
-            run.mixer.set_epoch(progress.epoch)
-        while progress.step_in_epoch < progress.steps_per_epoch[progress.epoch - 1] and progress.step < run.total_steps:
-            stats = train_step(run)
-            progress.step += 1
-            progress.step_in_epoch += 1
-            for kind in KINDS:
-                progress.epoch_tokens[kind] += stats[f"tokens_{kind}"]
-                progress.epoch_examples[kind] += stats[f"examples_{kind}"]
-            progress.epoch_capacity += rows_per_step(config) * config.train.seq_len * accelerator.num_processes
-            if progress.step % config.train.log_every_steps == 0:
-                run.log.event("train", step=progress.step, epoch=progress.epoch, **stats)
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", epoch=progress.epoch)
-            every = config.checkpoint.every_steps
-            if every and progress.step % every == 0:
-                save_checkpoint(run)
-        if progress.step_in_epoch >= progress.steps_per_epoch[progress.epoch - 1]:
-            end_epoch(run)
-    bar.close()
-    if run.checkpointed_step != progress.step:  # max_steps fell between checkpoints: keep the run continuable
-        save_checkpoint(run)
+    with run.signals:
+        while _more_steps(run) and run.stop_reason is None and not run.preempted:
+            if progress.step_in_epoch == 0:
+                run.mixer.set_epoch(progress.epoch)
+            while progress.step_in_epoch < progress.steps_per_epoch[progress.epoch - 1] and _more_steps(run):
+                stats = train_step(run)
+                progress.step += 1
+                progress.step_in_epoch += 1
+                for kind in KINDS:
+                    progress.epoch_tokens[kind] += stats[f"tokens_{kind}"]
+                    progress.epoch_examples[kind] += stats[f"examples_{kind}"]
+                progress.epoch_capacity += rows_per_step(config) * config.train.seq_len * accelerator.num_processes
+                if progress.step % config.train.log_every_steps == 0:
+                    run.log.event("train", step=progress.step, epoch=progress.epoch, **stats)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", epoch=progress.epoch)
+                every = config.checkpoint.every_steps
+                if every and progress.step % every == 0:
+                    save_checkpoint(run)
+                if run.preempted:
+                    break
+            # A preempted run ends its epoch (the hook, the epoch's checkpoint) after resuming.
+            if progress.step_in_epoch >= progress.steps_per_epoch[progress.epoch - 1] and not run.preempted:
+                end_epoch(run)
+        bar.close()
+        if run.checkpointed_step != progress.step:  # stopped between checkpoints: keep the run continuable
+            save_checkpoint(run)
+    if run.preempted:
+        _end_preempted(run)
     finish(run)
+
+
+def _more_steps(run: Run) -> bool:
+    return run.progress.epoch <= run.config.train.epochs and run.progress.step < run.total_steps
+
+
+def _end_preempted(run: Run) -> None:
+    # Which signal: this process's, or another's (only some processes may have received one).
+    names = [name for name in gather_object([run.signals.received]) if name]
+    signal_name = names[0] if names else "a preemption signal"
+    checkpoint = run.output_dir / "checkpoints" / f"step-{run.progress.step}"
+    run.log.event(
+        "end",
+        step=run.progress.step,
+        epoch=run.progress.epoch,
+        status="preempted",
+        reason=f"{signal_name} received; resume with --resume latest",
+        checkpoint=str(checkpoint),
+    )
+    raise Preempted(signal_name, run.progress.step, checkpoint)
 
 
 def train_step(run: Run) -> dict[str, Any]:
@@ -312,7 +364,7 @@ def train_step(run: Run) -> dict[str, Any]:
     for i, batch in enumerate(micro_batches):
         batch = batch.to(accelerator.device)
         last = i == len(micro_batches) - 1
-        with accelerator.no_sync(model) if not last else contextlib.nullcontext(), accelerator.autocast():
+        with gradient_sync(accelerator, model, run.sharding is not None, enabled=last), accelerator.autocast():
             output = model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask(run.compute_dtype),
@@ -321,11 +373,14 @@ def train_step(run: Run) -> dict[str, Any]:
                 **model_kwargs(run.loss),
             )
             nll = per_token_nll(run.loss, output, model, batch.labels)
-            # DDP averages gradients over processes, so scale by their number to get the global token mean.
+            # DDP and FSDP average gradients over processes: scale by their number to get the global token mean.
             loss = nll.sum() / global_count * accelerator.num_processes
         accelerator.backward(loss)
         sums += batch.sums_by_kind(nll.detach())
-    sums = accelerator.reduce(sums, reduction="sum")
+    # The preemption flag rides on the step's one reduction, so every process learns of a signal at once.
+    stop = torch.tensor([float(run.signals.requested)], device=accelerator.device, dtype=torch.float64)
+    reduced = accelerator.reduce(torch.cat([sums, stop]), reduction="sum")
+    sums, run.preempted = reduced[:-1], bool(reduced[-1] > 0)
     if not torch.isfinite(sums).all():
         raise TrainerError(
             f"the loss is not finite at step {run.progress.step + 1}; stopping with the last "
@@ -333,7 +388,7 @@ def train_step(run: Run) -> dict[str, Any]:
         )
     grad_norm = None
     if train.max_grad_norm is not None:
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm))
+        grad_norm = float(full_value(accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)))
     lr = run.scheduler.get_last_lr()[0]
     run.optimizer.step()
     run.scheduler.step()
@@ -397,8 +452,9 @@ def end_epoch(run: Run) -> None:
 
 
 def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, Any]]:
-    """Measure the collapse indicators on the main process (step 0: the baseline and the reference);
-    every process gets the alerts, so actions apply everywhere."""
+    """Measure the collapse indicators (step 0: the baseline and the reference) on the main process, or on every
+    process when the weights are sharded (each forward gathers them from all); every process gets the alerts,
+    so actions apply everywhere."""
     alerts: list[dict[str, Any]] = []
     progress, monitor = run.progress, run.monitor
     if monitor is not None:
@@ -422,9 +478,11 @@ def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, An
         )
         for alert in alerts:
             run.log.event("alert", **alert)
-            print(f"collapse alert: {alert['message']}", flush=True)
-        if run.config.collapse.report:
-            _write_report(run)
+        if run.accelerator.is_main_process:
+            for alert in alerts:
+                print(f"collapse alert: {alert['message']}", flush=True)
+            if run.config.collapse.report:
+                _write_report(run)
     return broadcast_object_list([alerts])[0]
 
 
@@ -455,22 +513,29 @@ def finish(run: Run) -> None:
     """Save the adapter (peft format) or the full model, optionally the merged model, and log the end."""
     weights = TrainableWeights(run.unwrapped)
     state = weights.state_dict()  # collective: every process takes part in gathering the weights
-    if run.accelerator.is_main_process:
-        folder = run.output_dir / weights.folder_name
-        with atomic_folder(folder) as tmp:
-            weights.save(tmp, state)
-        if run.config.train.merge_adapter and weights.folder_name == "adapter":
-            with atomic_folder(run.output_dir / "merged") as tmp:
-                run.unwrapped.merge_and_unload().save_pretrained(str(tmp))
-                run.tokenizer.save_pretrained(str(tmp))
-        run.log.event(
-            "end",
-            step=run.progress.step,
-            epoch=run.progress.epoch - 1,
-            status="stopped" if run.stop_reason else "finished",
-            reason=run.stop_reason,
-            output=str(folder),
-        )
-        if run.config.collapse.enabled and run.config.collapse.report:
-            _write_report(run)
+    merge = run.config.train.merge_adapter and weights.folder_name == "adapter"
+    whole = full_model_state(run.unwrapped) if merge else None  # collective too
+    on_main_process(run.accelerator, lambda: _write_outputs(run, weights, state, whole))
     run.accelerator.wait_for_everyone()
+
+
+def _write_outputs(
+    run: Run, weights: TrainableWeights, state: dict[str, Any], whole: dict[str, torch.Tensor] | None
+) -> None:
+    folder = run.output_dir / weights.folder_name
+    with atomic_folder(folder) as tmp:
+        weights.save(tmp, state)
+    if whole is not None:
+        with atomic_folder(run.output_dir / "merged") as tmp:
+            merged_copy(run.unwrapped, whole, run.config.model.trust_remote_code).save_pretrained(str(tmp))
+            run.tokenizer.save_pretrained(str(tmp))
+    run.log.event(
+        "end",
+        step=run.progress.step,
+        epoch=run.progress.epoch - 1,
+        status="stopped" if run.stop_reason else "finished",
+        reason=run.stop_reason,
+        output=str(folder),
+    )
+    if run.config.collapse.enabled and run.config.collapse.report:
+        _write_report(run)

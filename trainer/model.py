@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
+from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.config import LoraConfig, ModelConfig, RunConfig
@@ -94,6 +97,22 @@ def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel | Pe
     if checkpointing:
         peft_model.enable_input_require_grads()
     return peft_model
+
+
+def merged_copy(model: PeftModel, full_state: dict[str, torch.Tensor], trust_remote_code: bool) -> PreTrainedModel:
+    """A CPU copy of `model` with its adapters merged into the base weights, built from `full_state` (the whole
+    model's state, as gathered from every process when training is sharded); `model` itself is left as it is."""
+    peft_config = dataclasses.replace(model.peft_config[model.active_adapter], init_lora_weights=True)
+    live = {p.data_ptr() for p in model.parameters() if not isinstance(p, DTensor)}
+    # The copy must not share storage with the live model: merging adds to the base weights in place.
+    state = {k: v.clone() if v.data_ptr() in live else v for k, v in full_state.items()}
+    with init_empty_weights(include_buffers=False):  # weights on the meta device until the state is assigned
+        base = AutoModelForCausalLM.from_config(model.get_base_model().config, trust_remote_code=trust_remote_code)
+        copy = get_peft_model(base, peft_config)
+    copy.load_state_dict(state, assign=True, strict=True)
+    merged = copy.merge_and_unload()
+    merged.tie_weights()
+    return merged
 
 
 def check_positions(model: PreTrainedModel, config: RunConfig) -> None:

@@ -5,13 +5,29 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+from synthmix.errors import DiskFullError
+from synthmix.files import disk_full_is_an_error, is_disk_full
 from trainer.errors import TrainerError
 
 METRICS = "metrics.jsonl"
+
+
+def _quiet_tensorboard_disk_full(args: threading.ExceptHookArgs) -> None:
+    # TensorBoard's writer thread dies of a full disk with a traceback; its next write or flush raises the same
+    # error in our thread, where it becomes one line. Other threads' exceptions print as usual.
+    if type(args.thread).__name__ == "_AsyncWriterThread" and is_disk_full(args.exc_value):
+        return
+    _PREVIOUS_EXCEPTHOOK(args)
+
+
+_PREVIOUS_EXCEPTHOOK = threading.excepthook
 
 
 class RunLog:
@@ -24,27 +40,45 @@ class RunLog:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge_step)
+            threading.excepthook = _quiet_tensorboard_disk_full
+            self._tensorboard = output_dir / "tensorboard"
+            with disk_full_is_an_error(self._tensorboard):
+                self._writer = SummaryWriter(str(self._tensorboard), purge_step=purge_step)
 
     def event(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event; numeric fields with a `step` also go to TensorBoard as `event/field`."""
         record = {"event": event, "time": round(time.time(), 3), **fields}
         if not self.enabled:
             return record
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(_finite(record), default=_plain, allow_nan=False) + "\n")
+        line = json.dumps(_finite(record), default=_plain, allow_nan=False) + "\n"
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with disk_full_is_an_error(self.path), self.path.open("a", encoding="utf-8") as f:
+                f.write(line)
+        except DiskFullError:
+            os.truncate(self.path, size)  # no half-written line: the file ends with the last whole event
+            raise
         step = fields.get("step")
         if self._writer is not None and isinstance(step, int):
-            for key, value in fields.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                    if math.isfinite(value):
-                        self._writer.add_scalar(f"{event}/{key}", value, step)
+            with disk_full_is_an_error(self._tensorboard):
+                for key, value in fields.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                        if math.isfinite(value):
+                            self._writer.add_scalar(f"{event}/{key}", value, step)
         return record
 
-    def close(self) -> None:
-        """Flush and close TensorBoard."""
-        if self._writer is not None:
+    def close(self, warn: bool = True) -> None:
+        """Flush and close TensorBoard. A full disk here only warns (`warn` false: not even that): metrics.jsonl
+        holds every event, and an error already on its way out must not be replaced by this one."""
+        if self._writer is None:
+            return
+        try:
             self._writer.close()
+        except (OSError, RuntimeError) as err:
+            if not is_disk_full(err):
+                raise
+            if warn:
+                warnings.warn(f"{self._tensorboard}: TensorBoard events not all written (no space left)", stacklevel=2)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from trainer.config import SamplingConfig
 from trainer.errors import TrainerError
+from trainer.sharding import is_sharded
 
 
 class GenerationError(TrainerError):
@@ -40,6 +41,12 @@ def sample_continuations(
         raise GenerationError("the tokenizer has neither a pad token nor an eos token to pad prompts with")
     device = next(model.parameters()).device
     kwargs = _generate_kwargs(sampling, eos_ids, pad_id)
+    sharded = is_sharded(model)
+    # Sharded weights: every process generates (the same text, from the same seeds) and keeps stepping until
+    # all are done, since each forward gathers the weights from all; inference tensors would outlive the
+    # gathered buffers that FSDP reuses in training, so plain no_grad.
+    kwargs["synced_gpus"] = sharded
+    no_grad = torch.no_grad() if sharded else torch.inference_mode()
     # Sorting by length puts similar prompts in a batch, so little padding is computed.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
@@ -47,7 +54,7 @@ def sample_continuations(
     model.eval()
     bar = tqdm(total=len(prompts), disable=not progress, unit="sample", desc="sampling", leave=False)
     try:
-        with _forked_rng(device), torch.inference_mode():
+        with _forked_rng(device), no_grad:
             for batch_index, start in enumerate(range(0, len(order), sampling.batch_size)):
                 rows = order[start : start + sampling.batch_size]
                 input_ids, attention_mask = _left_pad([prompts[i] for i in rows], pad_id, device)

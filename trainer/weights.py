@@ -125,6 +125,12 @@ class OptimizerState:
             raise TrainerError(f"the checkpoint's optimizer state does not fit this model ({err})") from None
 
 
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of `model` (frozen ones too), whole, on the CPU of the main process; an empty dict on the
+    others (collective: call on every rank)."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def peft_names(model: PeftModel) -> dict[str, str]:
     """{name in peft's adapter files: parameter name in memory}, for every trainable parameter.
 

@@ -71,3 +71,12 @@ def test_leftovers_of_a_crash_are_removed(tmp_path: Path) -> None:
     (tmp_path / ".corpus.jsonl.tmp-9-00000000").write_text("half")
     remove_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+
+
+def test_a_full_disk_inside_a_temporary_folder_is_named_by_the_final_path(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoints" / "step-4"
+    with pytest.raises(DiskFullError) as caught, atomic_folder(target) as folder:
+        with atomic_folder(folder / "adapter") as inner:  # the innermost writer sees only temporary names
+            (inner / "adapter_model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(caught.value).startswith(f"no space left on device while writing {target / 'adapter'} (")

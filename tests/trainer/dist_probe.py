@@ -4,7 +4,9 @@
 
 Runs `trainer.loop.setup` and `fit` like `python -m trainer`, recording which example pieces the rank's mixer
 hands to the loop; then every rank (not only the main one) writes its own LoRA weights to D/rank{r}.safetensors
-and its pieces, in stream order, to D/rank{r}.json as [epoch, kind, source, index, start, length] rows.
+(made whole when sharded), its pieces, in stream order, to D/rank{r}.json as [epoch, kind, source, index, start,
+length] rows, and what its parameters were during training to D/rank{r}.params.json ({name: [class, local
+shape, global shape]}).
 `record_pieces` is also what tests/trainer/test_resume.py watches the stream with.
 """
 
@@ -16,9 +18,11 @@ import json
 import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
 
 from trainer.config import load_config
 from trainer.loop import fit, setup
+from trainer.sharding import full_value
 
 
 def main() -> None:
@@ -28,18 +32,39 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     run = setup(load_config(args.config, overrides), resume=None)
     pieces = record_pieces(run.mixer)
+    rank = run.accelerator.process_index
+    describe_after_first_step(run, run.output_dir / f"rank{rank}.params.json")
     try:
         fit(run)
     finally:
         run.log.close()
-    rank = run.accelerator.process_index
     weights = get_peft_model_state_dict(run.accelerator.unwrap_model(run.model))
     save_file(
-        {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.items()},
+        {k: full_value(v.detach()).to("cpu", torch.float32).contiguous() for k, v in weights.items()},
         str(run.output_dir / f"rank{rank}.safetensors"),
     )
     (run.output_dir / f"rank{rank}.json").write_text(json.dumps(pieces))
     run.accelerator.wait_for_everyone()
+
+
+def describe_after_first_step(run, path) -> None:
+    """Write `describe_parameters` to `path` once the first optimizer step is done (between steps: what a
+    sharded run holds while it trains)."""
+
+    def describe(optimizer, args, kwargs) -> None:
+        if not path.exists():
+            path.write_text(json.dumps(describe_parameters(run.model)))
+
+    getattr(run.optimizer, "optimizer", run.optimizer).register_step_post_hook(describe)
+
+
+def describe_parameters(model: torch.nn.Module) -> dict[str, list]:
+    """{name: [class, local shape, global shape]} of every parameter (a DTensor's local shard is its part)."""
+    described = {}
+    for name, param in model.named_parameters():
+        local = param.to_local() if isinstance(param, DTensor) else param
+        described[name] = [type(param).__name__, list(local.shape), list(param.shape)]
+    return described
 
 
 def record_pieces(mixer) -> list[list]:

@@ -2,6 +2,8 @@
 
 `accelerate launch --cpu --num_processes 2` starts a single process on a machine without MPI, so these tests
 launch `torchrun --standalone --nproc_per_node 2` (the same launcher `accelerate launch --multi_gpu` uses).
+FSDP2 runs as the README launches it, `accelerate launch --config_file configs/accelerate/fsdp.yaml`, and
+resumes under torchrun with `--train.sharding fsdp2`. Preemption: SIGTERM to torchrun, which passes it on.
 Also here: every launch config under configs/accelerate/ parses the way `accelerate launch` reads it.
 """
 
@@ -43,7 +45,7 @@ data:
     - {{name: syn, kind: synthetic, path: {ROOT / "data/tiny_synthetic.jsonl"}, max_examples: 80}}
 lora: {{r: 4, alpha: 8, dropout: 0.1}}
 train: {{epochs: 1, per_device_train_batch_size: 4, seq_len: 64, learning_rate: 0.01, warmup_steps: 2,
-         progress: false}}
+         merge_adapter: true, progress: false}}
 checkpoint: {{every_steps: 5, keep_last: 3}}
 collapse: {{enabled: false}}
 """
@@ -122,6 +124,16 @@ def probe_run(tiny_config: Path) -> Path:
     """A two-process run in which every rank writes its adapter weights and the pieces of data it trained on."""
     output_dir = tiny_config.parent / "probe"
     _launch(PROBE, "--config", tiny_config, "--output_dir", output_dir, *PROBE_OVERRIDES)
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tiny_config: Path) -> Path:
+    """The probe's run (collapse hook on) sharded with FSDP2, launched with the shipped FSDP launch config."""
+    output_dir = tiny_config.parent / "fsdp"
+    launch = ["accelerate", "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml")]
+    probe = [str(PROBE), "--config", str(tiny_config), "--output_dir", str(output_dir), *PROBE_OVERRIDES]
+    _launch(command=[*launch, f"--num_processes={WORLD_SIZE}", *probe, "--checkpoint.keep_last", "10"])
     return output_dir
 
 
@@ -229,6 +241,99 @@ def test_the_collapse_hook_on_the_main_process_leaves_training_unchanged(probe_r
     _assert_identical(_adapter(probe_run), _adapter(reference_run), "with vs without the collapse hook")
 
 
+# ---------------------------------------------------------------------------------------------- FSDP2
+@pytest.mark.slow
+def test_the_fsdp_launch_config_shards_every_parameter(fsdp_run: Path):
+    [config] = _events(fsdp_run, "config")
+    assert (config["distributed_type"], config["world_size"]) == ("FSDP", WORLD_SIZE)
+    assert config["sharding"]["strategy"] == "FULL_SHARD" and config["sharding"]["version"] == 2
+    assert config["sharding"]["from"] == "the launch config (distributed_type: FSDP)"
+    ranks = [json.loads((fsdp_run / f"rank{r}.params.json").read_text()) for r in range(WORLD_SIZE)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for name, (kind, local, whole) in ranks[0].items():
+        assert kind == "DTensor", f"{name} is not sharded during training"
+        # Dimension 0 split over the two processes: the shards add up to the whole tensor.
+        assert local[0] + ranks[1][name][1][0] == whole[0] and local[1:] == whole[1:], name
+    lora = [name for name in ranks[0] if "lora_A" in name]
+    assert lora and all(ranks[0][name][1][0] < ranks[0][name][2][0] for name in lora)
+
+
+@pytest.mark.slow
+def test_the_fsdp_run_saves_the_whole_adapter_that_ddp_trains(fsdp_run: Path, reference_run: Path, tiny_arch):
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    saved, ddp = _adapter(fsdp_run), _adapter(reference_run)
+    assert saved.keys() == ddp.keys() and all(saved[k].shape == ddp[k].shape for k in saved)
+    for key in saved:  # the same updates: reduce-scatter instead of all-reduce, equal to float32 rounding
+        assert (saved[key] - ddp[key]).abs().max() <= 1e-5, key
+    ranks = [load_file(str(fsdp_run / f"rank{r}.safetensors")) for r in range(WORLD_SIZE)]
+    _assert_identical(ranks[0], ranks[1], "rank 0 vs rank 1 (gathered)")
+    _assert_identical(ranks[0], saved, "the gathered shards vs the saved adapter")
+    merged, ddp_merged = (load_file(str(run / "merged" / "model.safetensors")) for run in (fsdp_run, reference_run))
+    assert merged.keys() == ddp_merged.keys()
+    assert max(float((merged[k] - ddp_merged[k]).abs().max()) for k in merged) <= 1e-5
+    # The adapter loads onto the architecture it was trained on (peft checks every shape).
+    arch = {**tiny_arch, "vocab_size": int(merged["model.embed_tokens.weight"].shape[0])}
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(**arch))
+    model = PeftModel.from_pretrained(base, str(fsdp_run / "adapter"))
+    loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(loaded) == len(saved)
+
+
+@pytest.mark.slow
+def test_the_collapse_hook_runs_on_every_fsdp_rank_and_measures_what_ddp_measures(fsdp_run: Path, probe_run: Path):
+    sharded, whole = _events(fsdp_run, "eval"), _events(probe_run, "eval")
+    assert [e["step"] for e in sharded] == [e["step"] for e in whole] and len(sharded) == 2
+    for ours, theirs in zip(sharded, whole, strict=True):
+        assert abs(ours["real_ppl"] - theirs["real_ppl"]) <= 1e-4 * theirs["real_ppl"]
+
+
+@pytest.mark.slow
+def test_an_fsdp_run_resumed_under_torchrun_ends_with_the_same_adapter_bit_for_bit(tiny_config: Path, fsdp_run):
+    output_dir = tiny_config.parent / "fsdp-resumed"
+    checkpoint = fsdp_run / "checkpoints" / "step-5"
+    overrides = [*PROBE_OVERRIDES, "--train.sharding", "fsdp2", "--resume", str(checkpoint)]
+    _train(tiny_config, output_dir, *overrides)
+    [resumed] = _events(output_dir, "resume")
+    assert resumed["step"] == 5
+    [config] = _events(output_dir, "config")  # the resumed run's config event was copied from the checkpoint
+    assert config["distributed_type"] == "FSDP"
+    _assert_identical(_adapter(output_dir), _adapter(fsdp_run), "resumed vs uninterrupted FSDP run")
+
+
+# ---------------------------------------------------------------------------------------------- preemption
+@pytest.mark.slow
+def test_sigterm_to_torchrun_checkpoints_both_ranks_and_the_run_resumes_bit_for_bit(tiny_config, reference_run):
+    output_dir = tiny_config.parent / "preempted"
+    command = _torchrun("-m", "trainer", "--config", tiny_config, "--output_dir", output_dir)
+    torchrun = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not (output_dir / "metrics.jsonl").is_file() or '"event": "train"' not in _text(output_dir):
+            assert torchrun.poll() is None, "the run ended before its first step"
+            assert time.monotonic() < deadline, "no step in time"
+            time.sleep(0.01)
+        torchrun.send_signal(signal.SIGTERM)  # torchrun passes it on to every worker
+        log = torchrun.communicate(timeout=120)[0].decode()
+    finally:
+        torchrun.kill()
+    assert "preempted by SIGTERM" in log, log[-3000:]
+    [end] = _events(output_dir, "end")
+    assert end["status"] == "preempted" and not (output_dir / "adapter").exists()
+    assert Path(end["checkpoint"]).is_dir()
+
+    _train(tiny_config, output_dir, "--resume", "latest")
+
+    [resumed] = _events(output_dir, "resume")
+    assert resumed["step"] == end["step"]
+    _assert_identical(_adapter(output_dir), _adapter(reference_run), "preempted and resumed vs uninterrupted")
+
+
+def _text(run_dir: Path) -> str:
+    return (run_dir / "metrics.jsonl").read_text()
+
+
 # ---------------------------------------------------------------------------------------------- resume
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers in /proc")
@@ -303,7 +408,6 @@ ACCELERATE_CONFIGS = {
     "single_gpu.yaml": "NO",
     "ddp.yaml": "MULTI_GPU",
     "fsdp.yaml": "FSDP",
-    "deepspeed_zero2.yaml": "DEEPSPEED",
 }
 
 
@@ -322,14 +426,11 @@ def test_accelerate_launch_configs_parse(name: str):
     # The launcher copies nested keys onto its own arguments (fsdp_config.x as fsdp_x) and ignores
     # unknown ones silently, so a misspelt key is caught here or never.
     arguments = vars(launch_command_parser().parse_args(["--config_file", str(path), "train.py"]))
-    for section in ("fsdp_config", "deepspeed_config"):
-        for key in raw.get(section) or {}:
-            flag = key if section != "fsdp_config" or key.startswith("fsdp") else f"fsdp_{key}"
-            assert flag in arguments, f"{name}: {section}.{key} is not an accelerate launch setting"
+    for key in raw.get("fsdp_config") or {}:
+        flag = key if key.startswith("fsdp") else f"fsdp_{key}"
+        assert flag in arguments, f"{name}: fsdp_config.{key} is not an accelerate launch setting"
     if name == "fsdp.yaml":
         assert raw["fsdp_config"]["fsdp_version"] == 2 and raw["fsdp_config"]["fsdp_reshard_after_forward"] is True
-    if name == "deepspeed_zero2.yaml":
-        assert raw["deepspeed_config"]["zero_stage"] == 2
 
 
 @pytest.mark.parametrize("name", ["qwen2.5-0.5b-lora.yaml", "smollm2-360m-lora.yaml"])

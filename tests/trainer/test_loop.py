@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -262,21 +263,32 @@ def wait_for_train_step(proc: subprocess.Popen, metrics: Path, step: int, timeou
     pytest.fail(f"no train event at step {step} after {timeout} s")
 
 
+def interrupted_cli_run(
+    config: Path, out: Path, step: int, interrupt: Callable[[subprocess.Popen], object]
+) -> tuple[int, str]:
+    """Run `python -m trainer --config config --output_dir out`, call `interrupt(process)` once `step` is logged
+    (send it a signal, fill its disk), and return the run's exit code and its stderr."""
+    proc = subprocess.Popen(
+        cli_command("--config", str(config), "--output_dir", str(out)),
+        cwd=config.parent, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_train_step(proc, out / METRICS, step)
+        interrupt(proc)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, stderr
+
+
 def test_run_killed_mid_training_resumes_to_the_identical_adapter(reference, tmp_path: Path) -> None:
     out = tmp_path / "run"
     total = reference.train_steps[-1]
     kill_at = random.Random(20261125).randint(5, total // 2)  # an arbitrary step, fixed so failures reproduce
-    with (tmp_path / "killed.log").open("w") as log:
-        proc = subprocess.Popen(
-            cli_command("--config", str(reference.config_path), "--output_dir", str(out)),
-            cwd=REPO, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            wait_for_train_step(proc, out / METRICS, kill_at)
-        finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    returncode, _ = interrupted_cli_run(
+        reference.config_path, out, kill_at, lambda proc: proc.send_signal(signal.SIGKILL)
+    )
+    assert returncode == -signal.SIGKILL
     assert not (out / "adapter").exists()
     killed_at = train_events(read_events(out / METRICS))[-1]["step"]
     resume_from = step_of(find_checkpoint(out / "checkpoints", "latest"))
