@@ -306,13 +306,16 @@ def run_trl(args: argparse.Namespace, output_dir: str, strategy: str) -> dict:
 
     from data_mixers.corpus import build_corpora
     from data_mixers.mixer import Mixer
+    from trainer.attention import choose_attention
     from trainer.config import load_config
     from trainer.model import build_model, peft_lora_config, resolve_dtype
 
     config = load_config(None, run_overrides(args, output_dir))
     set_seed(config.seed)  # the order of our setup(): seed, corpora, model, so both build the same weights
     corpora = build_corpora(config.data, config.tokenizer)
-    model = build_model(config.model, corpora.tokenizer, resolve_dtype(config.model, args.device == "cuda"))
+    device = torch.device(args.device)
+    attention = choose_attention(config.model.attn_implementation, device).kind
+    model = build_model(config.model, corpora.tokenizer, resolve_dtype(config.model, args.device == "cuda"), attention)
     mixer = Mixer(corpora.train, config.data, config.seed, config.train.epochs)
     mixer.set_epoch(1)
     dataset = Dataset.from_dict({"input_ids": [piece.ids.astype(np.int64).tolist() for piece in mixer]})

@@ -16,10 +16,6 @@ from data_mixers.config import DataConfig, TokenizerConfig, validate_data
 from synthmix.errors import ConfigError
 from synthmix.schema import apply_overrides, build, load_yaml, parse_overrides
 
-# The loop isolates packed examples with a 4D block-diagonal mask; these kernels honour it.
-PACKED_ATTENTION = ("sdpa", "eager")
-
-
 # +1: a higher value is healthier (more diverse, closer to real data); -1: a higher value means more
 # collapsed; 0: no direction (reported, never alerted on by direction alone).
 INDICATOR_DIRECTION: dict[str, int] = {
@@ -168,8 +164,11 @@ class ModelConfig:
     """A transformers config for a model built from scratch, e.g. {model_type: llama, hidden_size: 128}."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights' dtype; auto is bfloat16 on a GPU that supports it, else float32."""
-    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = "sdpa"
-    """Attention kernel. Packed rows use a 4D block-diagonal mask, which sdpa and eager honour."""
+    attn_implementation: Literal[
+        "auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"
+    ] = "auto"
+    """Attention kernel; every one keeps packed examples apart (flash: variable-length from position ids,
+    flex: a BlockMask, sdpa/eager: a dense mask). auto: flash-attn 3, 2, then flex on a GPU; sdpa on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     trust_remote_code: bool = False
@@ -315,11 +314,6 @@ def _validate_model(config: RunConfig) -> None:
         raise ConfigError("model: set model.name or model.arch, not both (--model.arch '{}' clears the arch)")
     if model.arch and "model_type" not in model.arch:
         raise ConfigError("model.arch.model_type: missing (e.g. llama, qwen2, gpt2)")
-    if model.attn_implementation not in PACKED_ATTENTION:
-        raise ConfigError(
-            f"model.attn_implementation: {model.attn_implementation!r} ignores the 4D block-diagonal mask that keeps "
-            f"packed examples apart, so they would attend to each other; use one of {', '.join(PACKED_ATTENTION)}"
-        )
     limit = known_max_positions(model)
     if limit is not None:
         for key, value in (

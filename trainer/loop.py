@@ -26,6 +26,7 @@ from data_mixers.corpus import SourceReport, build_corpora
 from data_mixers.mixer import Mixer
 from synthmix.files import atomic_folder, write_text
 from synthmix.schema import to_dict
+from trainer.attention import AttentionChoice, attention_inputs, choose_attention
 from trainer.checkpoint import JSON, Checkpointer, Part, RngState
 from trainer.collapse import CollapseMonitor
 from trainer.config import RunConfig, validate
@@ -92,6 +93,7 @@ class Run:
     compute_dtype: torch.dtype
     progress: Progress
     loss: LossChoice
+    attention: AttentionChoice
     sharding: dict[str, Any] | None = None
     """How the model is sharded (FSDP2), as the config event records it; None when every process holds it whole."""
     monitor: CollapseMonitor | None = None
@@ -146,7 +148,8 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         first=accelerator.is_main_process if config.data.cache_shared else accelerator.is_local_main_process,
     )
     dtype = resolve_dtype(config.model, accelerator.device.type == "cuda")
-    model = add_lora(build_model(config.model, corpora.tokenizer, dtype), config.lora)
+    attention = choose_attention(config.model.attn_implementation, accelerator.device)
+    model = add_lora(build_model(config.model, corpora.tokenizer, dtype, attention.kind), config.lora)
     check_positions(model, config)
     rank, world_size = accelerator.process_index, accelerator.num_processes
     mixer = Mixer(corpora.train, config.data, config.seed, config.train.epochs, rank, world_size, config.train.seq_len)
@@ -180,6 +183,7 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         ),
         loss=choose_loss(config.train.loss, accelerator.unwrap_model(model), accelerator.device),
         sharding=sharded,
+        attention=attention,
     )
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.train, lambda: run.total_steps))
     # Sharded weights are gathered by every process's forward: then every process runs the hook.
@@ -218,6 +222,7 @@ def _log_start(run: Run, reports: list[SourceReport]) -> None:
         parameters=sum(p.numel() for p in run.model.parameters()),
         steps_per_epoch=run.progress.steps_per_epoch,
         loss={"kind": run.loss.kind, "reason": run.loss.reason},
+        attention={"kind": run.attention.kind, "isolation": run.attention.isolation, "reason": run.attention.reason},
         **describe(run.accelerator, run.sharding),
     )
 
@@ -362,14 +367,14 @@ def train_step(run: Run) -> dict[str, Any]:
     global_count = accelerator.reduce(local_count, reduction="sum").clamp(min=1.0)
     sums = torch.zeros(4 * len(KINDS), device=accelerator.device, dtype=torch.float64)
     for i, batch in enumerate(micro_batches):
-        batch = batch.to(accelerator.device)
+        batch, attention = attention_inputs(run.attention, batch.to(accelerator.device), run.compute_dtype)
         last = i == len(micro_batches) - 1
         with gradient_sync(accelerator, model, run.sharding is not None, enabled=last), accelerator.autocast():
             output = model(
                 input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask(run.compute_dtype),
                 position_ids=batch.position_ids,
                 use_cache=False,
+                **attention,
                 **model_kwargs(run.loss),
             )
             nll = per_token_nll(run.loss, output, model, batch.labels)

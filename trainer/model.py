@@ -28,14 +28,17 @@ def resolve_dtype(config: ModelConfig, on_gpu: bool) -> torch.dtype:
     return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
 
 
-def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> PreTrainedModel:
-    """The base model in `dtype`; a built one is initialised from the current torch seed."""
+def build_model(
+    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype, attention: str
+) -> PreTrainedModel:
+    """The base model in `dtype` with `attention` (a resolved attn_implementation); a built one is initialised
+    from the current torch seed."""
     if config.name is not None:
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 config.name,
                 dtype=dtype,
-                attn_implementation=config.attn_implementation,
+                attn_implementation=attention,
                 trust_remote_code=config.trust_remote_code,
             )
         except (OSError, ValueError) as err:
@@ -51,7 +54,7 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: 
             model_config = AutoConfig.for_model(model_type, **arch)
         except (ValueError, TypeError) as err:
             raise TrainerError(f"model.arch: {err}") from None
-        model_config._attn_implementation = config.attn_implementation
+        model_config._attn_implementation = attention
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise TrainerError(

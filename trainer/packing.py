@@ -1,11 +1,12 @@
 """Packing: example pieces concatenated into fixed-length rows that do not attend to each other.
 
 Each row is filled to `seq_len` tokens from the mixer's stream (an example that does not fit continues in
-the next row). Isolation: position ids restart at 0 for every piece, and a 4D block-diagonal causal mask
-(additive: 0 where allowed, the dtype's minimum elsewhere) replaces the 2D padding mask. Restarting position
-ids alone does not isolate pieces with sdpa or eager attention (measured: logits differ by 0.4-0.6); with
-the 4D mask, a packed piece's logits equal those of the piece run alone to 1e-7. The first token of every
-piece gets no loss: nothing before it in the row is its context.
+the next row). Isolation: position ids restart at 0 for every piece, and the batch offers what each attention
+path needs (trainer/attention.py chooses): segment ids for a BlockMask, the rows as one row for the
+variable-length flash kernel, or a 4D block-diagonal causal mask (additive: 0 where allowed, the dtype's
+minimum elsewhere). Restarting position ids alone do not isolate pieces with sdpa or eager attention
+(measured: logits differ by 0.4-0.6); with the 4D mask, a packed piece's logits equal those of the piece run
+alone to 1e-7. The first token of every piece gets no loss: nothing before it in the row is its context.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ class PackedBatch:
         allowed = (seg[:, :, None] == seg[:, None, :]) & causal
         mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
         return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+    def as_one_row(self) -> PackedBatch:
+        """The rows laid end to end as one row [1, B*L] (for variable-length attention, which finds the pieces
+        from the restarting position ids). Segment ids are renumbered to stay distinct across the old rows; the
+        loss is unchanged, since the first token of every row starts a piece and carries none."""
+        rows, length = self.segment_ids.shape
+        first = torch.cat([self.segment_ids.new_zeros(1), self.segment_ids.amax(dim=1).cumsum(0)[:-1]])
+        segments = torch.where(self.segment_ids > 0, self.segment_ids + first[:, None], 0)
+        flat = [t.reshape(1, rows * length) for t in (self.input_ids, self.labels, self.position_ids)]
+        return PackedBatch(*flat, segments.reshape(1, -1), self.kinds.reshape(1, -1), self.examples_started)
 
     def to(self, device: torch.device) -> PackedBatch:
         """The same batch on `device`."""

@@ -94,7 +94,7 @@ def strict_json(line: str) -> dict:
 def rebuilt_base(config: RunConfig, tokenizer) -> torch.nn.Module:
     """The base model as the loop built it: same config, same seed, nothing trained."""
     torch.manual_seed(config.seed)
-    return build_model(config.model, tokenizer, torch.float32)
+    return build_model(config.model, tokenizer, torch.float32, "sdpa")
 
 
 def sample_ids(tokenizer) -> torch.Tensor:

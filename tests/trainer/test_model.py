@@ -23,7 +23,7 @@ def built(tiny_arch):
     def build(tokenizer, seed: int = 0, **model: object) -> torch.nn.Module:
         torch.manual_seed(seed)
         arch = {**tiny_arch, "num_hidden_layers": 2}
-        return build_model(ModelConfig(arch=arch, **model), tokenizer, torch.float32)  # type: ignore[arg-type]
+        return build_model(ModelConfig(arch=arch, **model), tokenizer, torch.float32, "sdpa")  # type: ignore[arg-type]
 
     return build
 
@@ -44,30 +44,30 @@ def test_a_built_model_is_a_function_of_the_torch_seed(tiny_tokenizer, built) ->
 def test_a_saved_model_loads_by_path(tiny_tokenizer, built, tmp_path: Path) -> None:
     model = built(tiny_tokenizer)
     model.save_pretrained(tmp_path / "base")
-    loaded = build_model(ModelConfig(name=str(tmp_path / "base")), tiny_tokenizer, torch.float32)
+    loaded = build_model(ModelConfig(name=str(tmp_path / "base")), tiny_tokenizer, torch.float32, "sdpa")
     assert same_weights(model, loaded)
 
 
 def test_a_model_that_cannot_load_names_model_name(tiny_tokenizer, built, tmp_path: Path) -> None:
     missing = str(tmp_path / "missing")
     with pytest.raises(TrainerError, match=rf"^model.name '{missing}': cannot load"):
-        build_model(ModelConfig(name=missing), tiny_tokenizer, torch.float32)
+        build_model(ModelConfig(name=missing), tiny_tokenizer, torch.float32, "sdpa")
 
 
 def test_an_unknown_architecture_names_model_arch(tiny_tokenizer, built) -> None:
     with pytest.raises(TrainerError, match=r"^model.arch: "):
-        build_model(ModelConfig(arch={"model_type": "no-such-model"}), tiny_tokenizer, torch.float32)
+        build_model(ModelConfig(arch={"model_type": "no-such-model"}), tiny_tokenizer, torch.float32, "sdpa")
 
 
 def test_a_tokenizer_larger_than_the_embedding_is_refused(tiny_tokenizer, tiny_arch) -> None:
     with pytest.raises(TrainerError, match=r"the tokenizer has 300 tokens but the model's embedding only 100"):
-        build_model(ModelConfig(arch={**tiny_arch, "vocab_size": 100}), tiny_tokenizer, torch.float32)
+        build_model(ModelConfig(arch={**tiny_arch, "vocab_size": 100}), tiny_tokenizer, torch.float32, "sdpa")
 
 
 def test_dtype_is_as_configured_and_float32_on_cpu_by_default(tiny_tokenizer, tiny_arch) -> None:
     assert resolve_dtype(ModelConfig(dtype="auto"), on_gpu=False) == torch.float32
     assert resolve_dtype(ModelConfig(dtype="bfloat16"), on_gpu=False) == torch.bfloat16
-    model = build_model(ModelConfig(arch=dict(tiny_arch)), tiny_tokenizer, torch.bfloat16)
+    model = build_model(ModelConfig(arch=dict(tiny_arch)), tiny_tokenizer, torch.bfloat16, "sdpa")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 

@@ -149,11 +149,6 @@ def test_the_model_needs_exactly_one_of_name_and_arch(tmp_path: Path, model: dic
             ["--collapse.eval_seq_len", "512", "--model.arch.max_position_embeddings", "256"],
             "collapse.eval_seq_len: 512 is more than the model's max_position_embeddings (256)",
         ),
-        (
-            ["--model.attn_implementation", "flash_attention_2"],
-            "model.attn_implementation: 'flash_attention_2' ignores the 4D block-diagonal mask that keeps packed "
-            "examples apart, so they would attend to each other; use one of sdpa, eager",
-        ),
     ],
 )
 def test_values_out_of_range_name_the_key(tmp_path: Path, overrides: list[str], expected: str) -> None:
