@@ -184,7 +184,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 return _coerce(option, value, where)
             except ConfigError as err:
                 errors.append(err)
-        raise errors[-1]
+        deeper = [err for err in errors if not str(err).startswith(f"{where}: expected")]
+        if deeper or len(errors) == 1:  # a value of the right kind with a problem inside, or one kind allowed
+            raise (deeper or errors)[-1]
+        raise ConfigError(f"{where}: expected {type_name(hint)}, got {_describe(value)}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: expected one of {', '.join(repr(a) for a in args)}, got {value!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +156,20 @@ def validate_collapse(config: CollapseConfig) -> None:
 
 
 @dataclasses.dataclass
+class QuantizationConfig:
+    """The frozen base model quantized with bitsandbytes (QLoRA); the adapters train in full precision."""
+
+    bits: Literal[4, 8] | None = None
+    """4 (QLoRA: 4-bit blocks) or 8 (LLM.int8); null keeps the base in `model.dtype`."""
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type: nf4 (normal float, QLoRA's) or fp4."""
+    double_quant: bool = True
+    """4-bit: quantize the quantization constants too (about 0.4 bits per weight less)."""
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """4-bit: the dtype the de-quantized matmuls run in; auto is bfloat16 on a GPU that supports it, else float32."""
+
+
+@dataclasses.dataclass
 class ModelConfig:
     """The base model: a hub name or local path, or an architecture built from a config (offline)."""
 
@@ -173,6 +188,7 @@ class ModelConfig:
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     trust_remote_code: bool = False
     """Allow a hub model's own code to run (off unless you trust the repository)."""
+    quantization: QuantizationConfig = dataclasses.field(default_factory=QuantizationConfig)
 
 
 @dataclasses.dataclass
@@ -185,8 +201,20 @@ class LoraConfig:
     """Scaling numerator: updates are scaled by alpha / r."""
     dropout: float = 0.05
     """Dropout on the adapters' input."""
-    target_modules: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    """Module names to adapt (peft matching: exact names or suffixes)."""
+    target_modules: list[str] | Literal["all-linear"] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    """Module names to adapt (peft matching: exact names or suffixes), or all-linear (every linear layer but the
+    output head)."""
+    use_dora: bool = False
+    """DoRA: learn each weight's magnitude apart from its direction (slower steps, often better at low rank)."""
+    use_rslora: bool = False
+    """rsLoRA: scale updates by alpha / sqrt(r) instead of alpha / r (keeps high ranks learning)."""
+    modules_to_save: list[str] = dataclasses.field(default_factory=list)
+    """Modules trained in full and saved with the adapter, e.g. [lm_head, embed_tokens] for new tokens."""
+    init: str = "default"
+    """Adapter initialisation: default (B = 0), gaussian, pissa (principal singular vectors; pissa_niter_N for
+    the fast randomized SVD), olora (QR), or orthogonal; see peft's init_lora_weights."""
 
 
 @dataclasses.dataclass
@@ -304,6 +332,32 @@ def _validate_counts(config: RunConfig) -> None:
         raise ConfigError(f"train.warmup_steps: must be >= 0, got {train.warmup_steps}")
     if config.lora.r < 0:
         raise ConfigError(f"lora.r: must be >= 0 (0 trains the full model), got {config.lora.r}")
+    _validate_lora(config)
+
+
+LORA_INITS = ("default", "gaussian", "pissa", "olora", "orthogonal")
+
+
+def _validate_lora(config: RunConfig) -> None:
+    lora, bits = config.lora, config.model.quantization.bits
+    if lora.init not in LORA_INITS and not re.fullmatch(r"pissa_niter_[1-9]\d*", lora.init):
+        raise ConfigError(f"lora.init: expected one of {', '.join(LORA_INITS)} or pissa_niter_N, got {lora.init!r}")
+    if bits is None:
+        return
+    if lora.r == 0:
+        raise ConfigError(f"model.quantization.bits: {bits}-bit weights cannot be trained in full; set lora.r > 0")
+    if lora.init.startswith(("pissa", "olora")):
+        raise ConfigError(
+            f"lora.init: {lora.init} decomposes the base weights, which model.quantization.bits: {bits} has "
+            "quantized; use default (or quantize after initialising, outside synthmix)"
+        )
+    if config.train.merge_adapter:
+        raise ConfigError(
+            f"train.merge_adapter: the base is quantized ({bits}-bit); merge the saved adapter into the "
+            "unquantized base instead (PeftModel.from_pretrained(base, 'OUTPUT_DIR/adapter').merge_and_unload())"
+        )
+    if config.train.sharding == "fsdp2":
+        raise ConfigError("train.sharding: fsdp2 cannot shard a bitsandbytes-quantized base; use DDP")
 
 
 def _validate_model(config: RunConfig) -> None:

@@ -134,6 +134,8 @@ def setup(config: RunConfig, resume: str | None) -> Run:
     """Build data, model, optimizer and schedule; restore a checkpoint when resuming."""
     validate(config)  # again: a job (the demo, the recursive loop) may have changed the config after loading
     sharding = sharding_for_launch(config.train.sharding)  # before the Accelerator: it clears accelerate's FSDP
+    if sharding is not None and config.model.quantization.bits is not None:
+        raise TrainerError("FSDP cannot shard a bitsandbytes-quantized base (model.quantization.bits); use DDP")
     accelerator = make_accelerator(config.train.mixed_precision)
     output_dir = Path(config.output_dir)
     checkpointer = Checkpointer(output_dir / "checkpoints", accelerator, config.checkpoint.keep_last)
@@ -149,7 +151,9 @@ def setup(config: RunConfig, resume: str | None) -> Run:
     )
     dtype = resolve_dtype(config.model, accelerator.device.type == "cuda")
     attention = choose_attention(config.model.attn_implementation, accelerator.device)
-    model = add_lora(build_model(config.model, corpora.tokenizer, dtype, attention.kind), config.lora)
+    base = build_model(config.model, corpora.tokenizer, dtype, attention.kind, accelerator.device)
+    model = add_lora(base, config.lora)
+    model.train()  # from_pretrained returns a model in eval mode, which would turn dropout off
     check_positions(model, config)
     rank, world_size = accelerator.process_index, accelerator.num_processes
     mixer = Mixer(corpora.train, config.data, config.seed, config.train.epochs, rank, world_size, config.train.seq_len)
@@ -223,8 +227,15 @@ def _log_start(run: Run, reports: list[SourceReport]) -> None:
         steps_per_epoch=run.progress.steps_per_epoch,
         loss={"kind": run.loss.kind, "reason": run.loss.reason},
         attention={"kind": run.attention.kind, "isolation": run.attention.isolation, "reason": run.attention.reason},
+        quantization=_quantization(run.unwrapped),
         **describe(run.accelerator, run.sharding),
     )
+
+
+def _quantization(model: torch.nn.Module) -> dict[str, Any] | None:
+    """What the base's bitsandbytes quantization is, as loaded (None when not quantized)."""
+    config = getattr(getattr(model, "config", None), "quantization_config", None)
+    return config.to_dict() if config is not None and hasattr(config, "to_dict") else None
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

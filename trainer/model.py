@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +13,16 @@ from typing import Any
 import torch
 from accelerate import init_empty_weights
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch.distributed.tensor import DTensor
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from trainer.config import LoraConfig, ModelConfig, RunConfig
 from trainer.errors import TrainerError
@@ -29,20 +38,17 @@ def resolve_dtype(config: ModelConfig, on_gpu: bool) -> torch.dtype:
 
 
 def build_model(
-    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype, attention: str
+    config: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: torch.dtype,
+    attention: str,
+    device: torch.device | None = None,
 ) -> PreTrainedModel:
-    """The base model in `dtype` with `attention` (a resolved attn_implementation); a built one is initialised
-    from the current torch seed."""
+    """The base model in `dtype` with `attention` (a resolved attn_implementation), quantized on `device` when
+    `model.quantization` asks for it; a built one is initialised from the current torch seed."""
+    quantization = bnb_config(config, device or torch.device("cpu"))
     if config.name is not None:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                config.name,
-                dtype=dtype,
-                attn_implementation=attention,
-                trust_remote_code=config.trust_remote_code,
-            )
-        except (OSError, ValueError) as err:
-            raise TrainerError(f"model.name {config.name!r}: cannot load ({str(err).splitlines()[0]})") from None
+        model = _from_pretrained(config, config.name, dtype, attention, quantization, device)
     else:
         arch = dict(config.arch)
         model_type = arch.pop("model_type")
@@ -56,6 +62,10 @@ def build_model(
             raise TrainerError(f"model.arch: {err}") from None
         model_config._attn_implementation = attention
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        if quantization is not None:  # bitsandbytes quantizes while loading: save the built weights, load them
+            with tempfile.TemporaryDirectory(prefix="synthmix-base-") as folder:
+                model.save_pretrained(folder)
+                model = _from_pretrained(config, folder, dtype, attention, quantization, device)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise TrainerError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
@@ -71,6 +81,65 @@ def build_model(
     return model
 
 
+def _from_pretrained(
+    config: ModelConfig,
+    name: str,
+    dtype: torch.dtype,
+    attention: str,
+    quantization: BitsAndBytesConfig | None,
+    device: torch.device | None,
+) -> PreTrainedModel:
+    extra: dict[str, Any] = {}
+    if quantization is not None:
+        # Quantized where it trains: accelerate refuses to move a quantized model to another device.
+        extra = {"quantization_config": quantization, "device_map": {"": device or torch.device("cpu")}}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, attn_implementation=attention, trust_remote_code=config.trust_remote_code, **extra
+        )
+    except (OSError, ValueError) as err:
+        raise TrainerError(f"model.name {config.name or name!r}: cannot load ({str(err).splitlines()[0]})") from None
+    for module in model.modules():
+        # bitsandbytes repacks 4-bit weights for a CPU inference kernel at the first no-grad forward (the collapse
+        # hook's), rounding their scales to bfloat16, and packs them back when a state dict is taken: evaluating
+        # or checkpointing would change the base model. Training runs keep the one packing they load with.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def bnb_config(config: ModelConfig, device: torch.device) -> BitsAndBytesConfig | None:
+    """bitsandbytes' settings for `model.quantization` (None when the base is not quantized)."""
+    quantization = config.quantization
+    if quantization.bits is None:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TrainerError("model.quantization.bits needs bitsandbytes: pip install 'synthmix[quantization]'") from None
+    # Its 8-bit matmul logs a warning on every call where inputs are not float16 (always, on CPU).
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    if quantization.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = quantization.compute_dtype
+    if compute == "auto":
+        on_gpu = device.type == "cuda"
+        compute_dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        compute_dtype = DTYPES[compute]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization.quant_type,
+        bnb_4bit_use_double_quant=quantization.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether the base weights are bitsandbytes-quantized (4 or 8 bits)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
 def peft_lora_config(config: LoraConfig) -> PeftLoraConfig:
     """The peft LoraConfig that the run's `lora` section describes (also given to TRL by the benchmark)."""
     return PeftLoraConfig(
@@ -79,6 +148,10 @@ def peft_lora_config(config: LoraConfig) -> PeftLoraConfig:
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         target_modules=config.target_modules,
+        use_dora=config.use_dora,
+        use_rslora=config.use_rslora,
+        modules_to_save=config.modules_to_save or None,
+        init_lora_weights=True if config.init == "default" else config.init,
     )
 
 
@@ -87,6 +160,9 @@ def add_lora(model: PreTrainedModel, config: LoraConfig) -> PreTrainedModel | Pe
     if config.r == 0:
         return model
     peft_config = peft_lora_config(config)
+    if is_quantized(model):
+        # Layer norms and embeddings to float32 and gradients into the inputs, as QLoRA training needs.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
         with warnings.catch_warnings():
             # peft reads transformers' deprecated `is_gradient_checkpointing`, which warns on every call.

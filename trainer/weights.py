@@ -1,5 +1,8 @@
 """The trainable weights and the optimizer state as stateful objects, whole on the main process whatever the
-launch (one process, DDP, or sharded parameters), through torch.distributed.checkpoint's state-dict API.
+launch: sharded parameters (FSDP2) are gathered through torch.distributed.checkpoint's state-dict API; whole
+ones (one process, DDP) are read directly, by parameter name, in the same format. (The state-dict API walks
+`model.state_dict()`, every frozen module included, and bitsandbytes' layers rewrite their packed weights or
+fail when asked for theirs.)
 
 Weights are keyed by the model's own parameter names in memory and stored in peft's adapter format (or as
 the full model with `lora.r: 0`), so a checkpoint's `adapter/` loads with `PeftModel.from_pretrained`.
@@ -23,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from synthmix.files import disk_full_is_an_error
 from trainer.errors import TrainerError
+from trainer.sharding import is_sharded
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
@@ -53,7 +57,9 @@ class TrainableWeights:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every trainable tensor, whole, on the CPU of the main process (collective: call on every rank)."""
-        return get_model_state_dict(self.model, options=_GATHER)
+        if is_sharded(self.model):
+            return get_model_state_dict(self.model, options=_GATHER)
+        return {name: p.detach().cpu() for name, p in self.model.named_parameters() if p.requires_grad}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Put `state` (from `state_dict` or `read`) into the model; names must match its trainable parameters."""
@@ -64,7 +70,13 @@ class TrainableWeights:
                 f"(e.g. {sorted(missing)[0]}); did lora.r, lora.target_modules or the model change?"
             )
         try:
-            set_model_state_dict(self.model, state, options=_scatter_options(strict=False))
+            if is_sharded(self.model):
+                set_model_state_dict(self.model, state, options=_scatter_options(strict=False))
+                return
+            with torch.no_grad():
+                for name, param in self.model.named_parameters():
+                    if param.requires_grad:
+                        param.copy_(state[name])
         except RuntimeError as err:
             raise TrainerError(f"the checkpoint's weights do not fit this model ({str(err).splitlines()[0]})") from None
 
@@ -114,15 +126,50 @@ class OptimizerState:
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the real one
 
     def state_dict(self) -> dict[str, Any]:
-        return get_optimizer_state_dict(
-            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        if is_sharded(self.model):
+            return get_optimizer_state_dict(
+                self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        # The state-dict API's format: per-parameter state and param groups keyed by parameter name.
+        names = self._names_in_optimizer_order()
+        plain = self.optimizer.state_dict()
+        return {
+            "state": {names[index]: state for index, state in plain["state"].items()},
+            "param_groups": [
+                {**group, "params": [names[i] for i in group["params"]]} for group in plain["param_groups"]
+            ],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
-            set_optimizer_state_dict(self.model, self.optimizer, state, options=_scatter_options(strict=True))
+            if is_sharded(self.model):
+                set_optimizer_state_dict(self.model, self.optimizer, state, options=_scatter_options(strict=True))
+                return
+            index = {name: i for i, name in enumerate(self._names_in_optimizer_order())}
+            self.optimizer.load_state_dict(
+                {
+                    "state": {index[name]: value for name, value in state["state"].items()},
+                    "param_groups": [
+                        {**group, "params": [index[name] for name in group["params"]]}
+                        for group in state["param_groups"]
+                    ],
+                }
+            )
         except (KeyError, ValueError, RuntimeError) as err:
             raise TrainerError(f"the checkpoint's optimizer state does not fit this model ({err})") from None
+
+    def _names_in_optimizer_order(self) -> list[str]:
+        # torch numbers the optimizer's parameters in the order of its param groups.
+        names = {id(param): name for name, param in self.model.named_parameters()}
+        return [names[id(param)] for group in self.optimizer.param_groups for param in group["params"]]
+
+
+def _renamed(state: dict[str, Any], key: dict[Any, Any]) -> dict[str, Any]:
+    """An optimizer state dict with every parameter key (index or name) replaced through `key`."""
+    return {
+        "state": {key[param]: value for param, value in state["state"].items()},
+        "param_groups": [{**group, "params": [key[p] for p in group["params"]]} for group in state["param_groups"]],
+    }
 
 
 def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -100,7 +100,10 @@ def test_an_unknown_key_in_the_file_is_an_error_too(tmp_path: Path) -> None:
         (["--lora.dropout", "high"], "lora.dropout: expected a number, got str 'high'"),
         (["--train.progress", "maybe"], "train.progress: expected true or false, got str 'maybe'"),
         (["--model.dtype", "float64"], "model.dtype: expected one of 'auto', 'float32', 'bfloat16', 'float16'"),
-        (["--lora.target_modules", "q_proj"], "lora.target_modules: expected a list, got str 'q_proj'"),
+        (
+            ["--lora.target_modules", "q_proj"],
+            "lora.target_modules: expected list[str] | 'all-linear', got str 'q_proj'",
+        ),
         (["--train", "3"], "train: expected a mapping, got int 3"),
     ],
 )
