@@ -6,7 +6,7 @@ STAMP := $(VENV)/.synthmix-installed
 # The CPU wheel that lies on the developers' and CI's disk; pinning keeps pip from pulling CUDA packages.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench inspect clean
+.PHONY: demo test lint bench bench-gpu inspect clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -29,6 +29,11 @@ bench: $(STAMP)
 	$(PY) bench/bench_mixer.py
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_collapse.py --epochs 2
+
+# One invocation on one GPU (about 8 minutes on an H100): every attention path and loss, TRL, a correctness run;
+# the figures go to bench/figures-cuda.json and .md (or $$OUT/ when set).
+bench-gpu: $(STAMP)
+	$(PY) bench/bench_trainer.py --gpu
 
 inspect: $(STAMP)
 	$(VENV)/bin/synthmix inspect --config configs/tiny.yaml

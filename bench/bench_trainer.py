@@ -49,6 +49,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "BENCH-RESULT "
 H100_BF16_DENSE = 989e12
+# Dense bf16 peaks (tensor cores, no sparsity) by the GPU's name; MFU is against the first that matches.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12}
 TRAINERS = ("ours", "trl-wrapped", "trl-bfd")
 
 MODELS = {
@@ -103,9 +105,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the trainers at the same time, one thread each, released together after set-up: on a machine "
         "shared with other jobs both then see the same load (the ratio is fair; absolute numbers are per core)",
     )
+    parser.add_argument("--attention", default="sdpa", help="model.attn_implementation of our trainer")
+    parser.add_argument("--loss", default="auto", help="train.loss of our trainer")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj", help="comma-separated or all-linear")
+    parser.add_argument("--packing", default="wrap", choices=("wrap", "bfd"), help="data.packing of our trainer")
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the one-shot GPU run: the Qwen2.5-0.5B architecture, LoRA r 16 on all linear layers, bf16, 4 x 2048, "
+        "ours with every attention path and loss that runs there against TRL, then a correctness run; writes "
+        "--out (about 8 minutes on one H100)",
+    )
+    parser.add_argument(
+        "--suite",
+        action="store_true",
+        help="what --gpu runs, on the --device and --model given (on CPU with the tiny model: a smoke test)",
+    )
+    parser.add_argument("--out", type=Path, help="--suite/--gpu: write the figures here (.json and .md beside it)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.gpu:
+        args.suite, args.device, args.model = True, "cuda", "qwen2.5-0.5b-arch"
+        args.lora_r, args.target_modules, args.packing = 16, "all-linear", "bfd"
+        args.warmup, args.steps = min(args.warmup, 3), min(args.steps, 20)
     preset = MODELS[args.model]
     args.batch = args.batch or preset["batch"]
     args.seq_len = args.seq_len or preset["seq_len"]
@@ -134,11 +158,13 @@ def run_overrides(args: argparse.Namespace, output_dir: str) -> list[str]:
         "data.dedup": False,
         "data.held_out.fraction": 0.0,  # every token of the files trains: more steps/epoch
         "model.arch": arch,
-        "model.attn_implementation": "sdpa",
-        "lora.r": 8,
-        "lora.alpha": 16,
+        "model.attn_implementation": args.attention,
+        "lora.r": args.lora_r,
+        "lora.alpha": 2 * args.lora_r,
         "lora.dropout": 0.05,
-        "lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "lora.target_modules": "all-linear" if args.target_modules == "all-linear" else args.target_modules.split(","),
+        "data.packing": args.packing,
+        "train.loss": args.loss,
         "train.epochs": 1,
         "train.per_device_train_batch_size": args.batch,
         "train.seq_len": args.seq_len,
@@ -529,12 +555,174 @@ def report(results: list[dict], args: argparse.Namespace, info: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- the suite
+def peak_flops(info: dict) -> float:
+    """The GPU's dense bf16 peak (H100's when the GPU is not in PEAK_BF16, and said so in the figures)."""
+    gpu = info.get("gpu", "")
+    return next((peak for name, peak in PEAK_BF16.items() if name in gpu), H100_BF16_DENSE)
+
+
+def attention_paths(device: str) -> list[str]:
+    """The attention implementations that can run on `device`, fastest first (sdpa always)."""
+    import torch
+
+    from trainer.attention import choose_attention
+    from trainer.errors import TrainerError
+
+    paths = []
+    for kind in ("flash_attention_3", "flash_attention_2", "flex_attention"):
+        if device == "cpu" and kind == "flex_attention":
+            continue  # its backward compiles for minutes on CPU
+        try:
+            paths.append(choose_attention(kind, torch.device(device)).kind)
+        except TrainerError:
+            pass
+    return [*paths, "sdpa"]
+
+
+def losses(device: str) -> list[str]:
+    """The losses to time on `device`: chunked, the model's own logits, and liger-kernel's where installed."""
+    import importlib.util
+
+    found = device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+    return ["chunked", "full", *(["liger"] if found else [])]
+
+
+def suite_configs(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(trainer, attention, loss) of every run: ours on each attention path with the chunked loss and with
+    each other loss on the fastest path; TRL wrapped (plain causal attention) and bfd (isolating)."""
+    paths = attention_paths(args.device)
+    ours = [("ours", path, "chunked") for path in paths]
+    ours += [("ours", paths[0], loss) for loss in losses(args.device) if loss != "chunked"]
+    return [*ours, ("trl-wrapped", "sdpa", "full"), ("trl-bfd", paths[0], "full")]
+
+
+def correctness(args: argparse.Namespace, attention: str, folder: Path) -> dict:
+    """Train up to 60 steps (3 epochs) with a checkpoint every 20, then resume a copy from step 20: the loss
+    falls, the adapter is saved, and the resumed run's losses and adapter match the straight run's (the largest
+    differences are reported; on CPU they are 0)."""
+    from safetensors.torch import load_file
+
+    from trainer.run_log import read_events
+
+    settings = {
+        "model.attn_implementation": attention,
+        "train.epochs": 3,
+        "train.max_steps": 60,
+        "train.log_every_steps": 1,
+        "checkpoint.every_steps": 20,
+        "checkpoint.keep_last": 5,
+    }
+    extra = [item for key, value in settings.items() for item in (f"--{key}", json.dumps(value))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    straight, resumed = folder / "straight", folder / "resumed"
+    started = time.perf_counter()
+    for run, resume in ((straight, []), (resumed, ["--resume", str(resumed / "checkpoints" / "step-20")])):
+        if resume:
+            shutil.copytree(straight, resumed)
+            shutil.rmtree(resumed / "adapter")
+        command = [sys.executable, "-m", "trainer", *run_overrides(args, str(run)), *extra, *resume]
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        if done.returncode:
+            return {"ok": False, "error": done.stderr[-2000:]}
+    train = [[e for e in read_events(run / "metrics.jsonl") if e["event"] == "train"] for run in (straight, resumed)]
+    losses_straight = [e["loss"] for e in train[0]]
+    adapters = [load_file(str(run / "adapter" / "adapter_model.safetensors")) for run in (straight, resumed)]
+    first, last = sum(losses_straight[:5]) / 5, sum(losses_straight[-5:]) / 5
+    loss_gap = max(abs(a["loss"] - b["loss"]) for a, b in zip(train[0][20:], train[1][20:], strict=True))
+    adapter_gap = max(float((adapters[0][k].float() - adapters[1][k].float()).abs().max()) for k in adapters[0])
+    return {
+        "ok": last < first and adapters[0].keys() == adapters[1].keys(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "steps": len(losses_straight),
+        "loss_first_5": first,
+        "loss_last_5": last,
+        "adapter_tensors": len(adapters[0]),
+        "resume_max_loss_difference": loss_gap,
+        "resume_max_adapter_difference": adapter_gap,
+        "resume_bit_identical": adapter_gap == 0.0,
+    }
+
+
+def run_suite(args: argparse.Namespace, argv: list[str]) -> None:
+    """Every configuration of `suite_configs` in its own worker, the correctness run, and the figures file."""
+    info = machine()
+    peak = peak_flops(info)
+    out = args.out or Path(os.environ.get("OUT", REPO / "bench")) / f"figures-{args.device}.json"
+    rows = []
+    print(f"suite: {args.model} on {args.device}, {args.batch} x {args.seq_len}, LoRA r {args.lora_r} "
+          f"({args.target_modules}), {args.packing} packing; {info.get('gpu', info['cpu'])}", flush=True)  # fmt: skip
+    for trainer, attention, loss in suite_configs(args):
+        worker_argv = [*argv, "--attention", attention, "--loss", loss]
+        try:
+            result = collect(trainer, start_worker(trainer, worker_argv, None))
+        except SystemExit as failure:  # one configuration that cannot run does not stop the others
+            rows.append({"trainer": trainer, "attention": attention, "loss": loss, "error": str(failure)[-1500:]})
+            print(f"  {trainer} {attention} {loss}: failed", flush=True)
+            continue
+        result.update(attention=attention, loss=loss, mfu=result["tokens_per_s"] * result["flops_per_token"] / peak)
+        rows.append(result)
+        print(f"  {trainer} {attention} {loss}: {result['tokens_per_s']:,.0f} tokens/s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-correctness-") as folder:
+        best = next((r["attention"] for r in rows if r["trainer"] == "ours" and "error" not in r), "sdpa")
+        checked = correctness(args, best, Path(folder))
+    figures = {"machine": info, "peak_flops": peak, "args": vars(args) | {"out": str(out)}, "runs": rows,
+               "correctness": checked}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2, default=str))
+    out.with_suffix(".md").write_text(suite_report(figures, args))
+    print(suite_report(figures, args))
+    print(f"figures: {out} and {out.with_suffix('.md')}")
+
+
+def suite_report(figures: dict, args: argparse.Namespace) -> str:
+    """The suite's table: each run's tokens/s, MFU and peak memory, and ours against the fastest TRL run."""
+    cuda = args.device == "cuda"
+    memory = "gpu_peak_delta_mib" if cuda else "peak_rss_delta_mib"
+    lines = [
+        f"| trainer | attention | loss | tokens/s | MFU | peak {'GPU' if cuda else 'RSS'} delta MiB | last loss |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    ok = [r for r in figures["runs"] if "error" not in r]
+    for r in figures["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['trainer']} | {r['attention']} | {r['loss']} | failed | | | |")
+            continue
+        last = f"{r['last_loss']:.3f}" if "last_loss" in r else ""
+        lines.append(
+            f"| {r['trainer']} | {r['attention']} | {r['loss']} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} "
+            f"| {r[memory]:,.0f} | {last} |"
+        )
+    ours = [r for r in ok if r["trainer"] == "ours"]
+    trl = [r for r in ok if r["trainer"] != "ours"]
+    if ours and trl:
+        best, peer = max(ours, key=lambda r: r["tokens_per_s"]), max(trl, key=lambda r: r["tokens_per_s"])
+        lines.append(
+            f"\nfastest ours ({best['attention']}, {best['loss']}) / fastest TRL ({peer['trainer']}): tokens/s "
+            f"x{best['tokens_per_s'] / peer['tokens_per_s']:.2f}, peak memory x{best[memory] / peer[memory]:.2f}, "
+            f"MFU {best['mfu']:.1%}"
+        )
+    checked = figures["correctness"]
+    lines.append(f"\ncorrectness run: {json.dumps(checked)}")
+    if ok:
+        where = figures["machine"].get("gpu", figures["machine"]["cpu"])
+        lines.append(
+            f"\nFLOPs per token {ok[0]['flops_per_token'] / 1e9:.2f} G (4 N + 6 N_lora + 6 L s d; N "
+            f"{ok[0]['matmul_parameters']:,}, N_lora {ok[0]['lora_parameters']:,}); MFU against "
+            f"{figures['peak_flops'] / 1e12:.0f} TFLOP/s bf16 dense; {where}; {figures['machine']['date']}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parent: spawn each trainer in turn, then print the table (and write --json)."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.worker:
         print(RESULT_PREFIX + json.dumps(worker(args)), flush=True)
+        return
+    if args.suite:
+        run_suite(args, argv)
         return
     info = machine()
     info["load_before"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
