@@ -1,84 +1,122 @@
-"""Replace vs accumulate over generations, several seeds: the table and the plot for the README.
+"""The self-consuming strategies over generations, several seeds: the table and the plot for the README.
 
-    python scripts/recursive_experiment.py [--generations 4] [--seeds 0 1 2] [--config configs/recursive.yaml]
+    python scripts/recursive_experiment.py [--arms replace accumulate ...] [--generations 5] [--seeds 0 1 2]
+                                           [--jobs 2] [--config configs/recursive.yaml] [--out DIR]
 
-Runs `synthmix recursive` for each strategy and seed (each one resumable), then writes
-OUT/summary.md (mean and spread of each indicator per generation) and OUT/recursive.png (real_ppl, distinct_2,
-tail_mass against the generation, one line per strategy, mean over seeds with min-max band).
+Runs `synthmix recursive` for each arm (a strategy and its settings, see ARMS) and seed, each in its own
+process with one torch thread, `--jobs` at a time (each one resumable: rerun the same command after a crash),
+then writes OUT/summary.md (mean and min-max over seeds of each indicator per generation, and the final
+generation's real_ppl relative to generation 0) and OUT/recursive.png (indicators against the generation, one
+line per arm, mean over seeds with a min-max band).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from synthmix.cli import main as synthmix
 from trainer.recursive import SUMMARY
 
-INDICATORS = ("real_ppl", "distinct_2", "tail_mass", "self_bleu", "js_divergence")
-PLOTTED = ("real_ppl", "distinct_2", "tail_mass")
+INDICATORS = ("real_ppl", "real_ppl_p90", "distinct_2", "tail_mass", "vendi_score", "sample_base_ppl_mean")
+PLOTTED = ("real_ppl", "real_ppl_p90", "distinct_2", "tail_mass", "vendi_score", "sample_base_ppl_mean")
+# An arm: the `synthmix recursive` arguments that make it (besides config, generations, run dir and seed).
+ARMS: dict[str, list[str]] = {
+    "replace": ["--strategy", "replace"],
+    "fixed_real 10%": ["--strategy", "fixed_real", "--real-fraction", "0.1"],
+    "fixed_real 50%": ["--strategy", "fixed_real", "--real-fraction", "0.5"],
+    "accumulate": ["--strategy", "accumulate"],
+    "adaptive": ["--strategy", "adaptive"],
+    "replace + verifier": ["--strategy", "replace", "--data.filters.verifier.model", "base"],
+}
 
 
-def run_all(config: str, generations: int, strategies: list[str], seeds: list[int], out: Path) -> dict:
-    """Run every (strategy, seed); returns {strategy: {seed: [generation rows]}}."""
+def run_one(config: str, generations: int, arm: str, seed: int, out: Path) -> list[dict]:
+    """One arm and seed in its own process (one torch thread); its generations.jsonl rows."""
+    run_dir = out / f"{arm.replace(' ', '_').replace('%', 'pct').replace('+', 'plus')}-seed{seed}"
+    command = [
+        sys.executable, "-m", "synthmix", "recursive", "--config", config, "--generations", str(generations),
+        "--run-dir", str(run_dir), "--seed", str(seed), *ARMS[arm],
+    ]  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "log.txt", "a") as log:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code:
+        raise SystemExit(f"{arm}, seed {seed}: exit {code}; see {run_dir / 'log.txt'}")
+    print(f"done: {arm}, seed {seed}", flush=True)
+    return [json.loads(line) for line in (run_dir / SUMMARY).read_text().splitlines()]
+
+
+def run_all(config: str, generations: int, arms: list[str], seeds: list[int], out: Path, jobs: int) -> dict:
+    """Run every (arm, seed), `jobs` at a time; returns {arm: {seed: [generation rows]}}."""
+    tasks = [(arm, seed) for arm in arms for seed in seeds]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        rows = list(pool.map(lambda task: run_one(config, generations, task[0], task[1], out), tasks))
     results: dict[str, dict[int, list[dict]]] = {}
-    for strategy in strategies:
-        for seed in seeds:
-            run_dir = out / f"{strategy}-seed{seed}"
-            code = synthmix(
-                [
-                    "recursive",
-                    "--config",
-                    config,
-                    "--generations",
-                    str(generations),
-                    "--strategy",
-                    strategy,
-                    "--run-dir",
-                    str(run_dir),
-                    "--seed",
-                    str(seed),
-                ]
-            )
-            if code:
-                raise SystemExit(code)
-            rows = [json.loads(line) for line in (run_dir / SUMMARY).read_text().splitlines()]
-            results.setdefault(strategy, {})[seed] = rows
+    for (arm, seed), arm_rows in zip(tasks, rows, strict=True):
+        results.setdefault(arm, {})[seed] = arm_rows
     return results
 
 
+def _values(runs: list[list[dict]], g: int, name: str) -> np.ndarray:
+    return np.array([r[g].get(name, np.nan) for r in runs], dtype=float)
+
+
+def final_table(results: dict) -> str:
+    """Markdown: per arm, the last generation's real_ppl against generation 0 (mean and min-max over seeds)."""
+    lines = ["| arm | generations | real_ppl gen 0 | real_ppl last | change vs gen 0 | synthetic share (last) |"]
+    lines.append("|---|---|---|---|---|---|")
+    for arm, by_seed in results.items():
+        runs = list(by_seed.values())
+        last = min(len(r) for r in runs) - 1
+        first, final = _values(runs, 0, "real_ppl"), _values(runs, last, "real_ppl")
+        change = 100 * (final / first - 1)
+        share = _values(runs, last, "synthetic_share")
+        spread = f"{np.nanmean(share):.3g} ({np.nanmin(share):.3g}–{np.nanmax(share):.3g})"
+        shares = "—" if np.isnan(share).all() else spread
+        lines.append(
+            f"| {arm} | {last} | {first.mean():.4g} | {final.mean():.4g} ({final.min():.4g}–{final.max():.4g}) "
+            f"| {change.mean():+.1f}% ({change.min():+.1f}–{change.max():+.1f}) | {shares} |"
+        )
+    return "\n".join(lines)
+
+
 def summary_table(results: dict) -> str:
-    """Markdown: per strategy and generation, mean (min–max over seeds) of each indicator."""
-    header = "| strategy | generation | " + " | ".join(INDICATORS) + " |"
+    """Markdown: per arm and generation, mean (min–max over seeds) of each indicator."""
+    header = "| arm | generation | " + " | ".join(INDICATORS) + " |"
     lines = [header, "|" + "---|" * (len(INDICATORS) + 2)]
-    for strategy, by_seed in results.items():
+    for arm, by_seed in results.items():
         runs = list(by_seed.values())
         for g in range(min(len(r) for r in runs)):
             cells = []
             for name in INDICATORS:
-                values = np.array([r[g][name] for r in runs])
+                values = _values(runs, g, name)
                 cells.append(f"{values.mean():.4g} ({values.min():.4g}–{values.max():.4g})")
-            lines.append(f"| {strategy} | {g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {arm} | {g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
     """Each plotted indicator against the generation: mean over seeds, min–max band, one line per strategy."""
-    fig = Figure(figsize=(12, 3.4), dpi=100)
+    fig = Figure(figsize=(13, 6.4), dpi=100)
     FigureCanvasAgg(fig)
     for i, name in enumerate(PLOTTED):
-        ax = fig.add_subplot(1, len(PLOTTED), i + 1)
-        for strategy, by_seed in results.items():
+        ax = fig.add_subplot(2, (len(PLOTTED) + 1) // 2, i + 1)
+        for arm, by_seed in results.items():
             runs = list(by_seed.values())
             count = min(len(r) for r in runs)
-            values = np.array([[r[g][name] for g in range(count)] for r in runs])
+            values = np.array([[r[g].get(name, np.nan) for g in range(count)] for r in runs], dtype=float)
             x = np.arange(count)
-            ax.plot(x, values.mean(axis=0), marker="o", label=strategy)
+            ax.plot(x, values.mean(axis=0), marker="o", label=arm)
             ax.fill_between(x, values.min(axis=0), values.max(axis=0), alpha=0.2)
         ax.set_xticks(x)
         ax.set_title(name)
@@ -94,13 +132,14 @@ def main() -> None:
     """Run, tabulate, plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/recursive.yaml")
-    parser.add_argument("--generations", type=int, default=3)
-    parser.add_argument("--strategies", nargs="+", default=["replace", "accumulate"])
+    parser.add_argument("--generations", type=int, default=5)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="arms and seeds run side by side (one thread each)")
     parser.add_argument("--out", type=Path, default=Path("runs/recursive-experiment"))
     args = parser.parse_args()
-    results = run_all(args.config, args.generations, args.strategies, args.seeds, args.out)
-    table = summary_table(results)
+    results = run_all(args.config, args.generations, args.arms, args.seeds, args.out, args.jobs)
+    table = final_table(results) + "\n\n" + summary_table(results)
     (args.out / "summary.md").write_text(table + "\n")
     plot(results, args.out / "recursive.png")
     print(table)

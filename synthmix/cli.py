@@ -3,7 +3,7 @@
     synthmix train     --config CONFIG [--resume latest|PATH] [--section.key VALUE ...]
     synthmix inspect   --config CONFIG [--json] [--dump FILE] [--rows FILE] [--epochs N] [--section.key VALUE ...]
     synthmix report    RUN_DIR [RUN_DIR ...] [--out FILE]
-    synthmix recursive --config CONFIG --strategy replace|accumulate|fixed_real [--generations G] ...
+    synthmix recursive --config CONFIG --strategy replace|accumulate|fixed_real|adaptive [--generations G] ...
     synthmix generate  --model MODEL --prompts FILE [--n N] [--out FILE] [sampling flags]
     synthmix demo      [--samples N] [--cache-dir DIR] [--section.key VALUE ...]
 
@@ -204,9 +204,10 @@ def _recursive_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config(parser)
     parser.add_argument(
         "--strategy",
-        choices=("replace", "accumulate", "fixed_real"),
+        choices=("replace", "accumulate", "fixed_real", "adaptive"),
         required=True,
-        help="replace: newest corpus only; accumulate: real + every corpus; fixed_real: a fixed real share",
+        help="replace: newest corpus only; accumulate: real + every corpus; fixed_real: a fixed real share; "
+        "adaptive: replace until a collapse rule fires, then real data mixed back in (x collapse.reduce_factor)",
     )
     parser.add_argument("--generations", type=int, default=5, help="generations to train (default 5)")
     parser.add_argument("--real-fraction", type=float, default=0.2, help="fixed_real: share of real data")

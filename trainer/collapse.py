@@ -1,5 +1,6 @@
-"""The collapse eval hook: indicators at step 0 and every epoch end, compared with the baseline and with the
-real text itself, and rules that warn, stop the run, or lower the synthetic ratio.
+"""The collapse eval hook: indicators at step 0, at every epoch end, every `collapse.every_steps` and at the last
+step, compared with the baseline and with the real text itself, and rules that warn, stop the run, or lower the
+synthetic ratio.
 
 Inputs are fixed for the whole run (the same held-out texts, the same prompts, the same sampling seed), so a
 change in an indicator is a change in the model. The hook runs on the main process; sampling happens under a
@@ -8,16 +9,30 @@ forked RNG and the model is put back in its train/eval modes, so resumed runs st
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftModel
 
 from trainer.config import CollapseConfig
 from trainer.errors import TrainerError
-from trainer.indicators import next_token_entropy, perplexity, rare_tokens, sample_indicators
+from trainer.indicators import (
+    next_token_entropy,
+    per_example_perplexity,
+    perplexity,
+    perplexity_quantiles,
+    rare_tokens,
+    sample_indicators,
+    vendi_score,
+)
 from trainer.prompts import choose_prompts_from_ids, content_ids, leading_special_tokens
 from trainer.sampling import sample_continuations
+
+PPL_PERCENTILES = (50, 90, 99)
 
 
 class CollapseMonitor:
@@ -44,13 +59,18 @@ class CollapseMonitor:
         self.rare = rare_tokens(self.real_tokens, config.tail_share)
         self.baseline: dict[str, float] | None = None
         self.reference = self._reference(contents, chosen)
+        self.model_reference: dict[str, float] | None = None
+        """The real continuations scored by the base model, measured with the baseline."""
 
     def _reference(self, contents: list[list[int]], chosen: list[tuple[int, list[int]]]) -> dict[str, float]:
         """The sample indicators of the real text itself: what follows each prompt, as long as a sample."""
         start, length = self.config.prompt_tokens, self.config.sampling.max_new_tokens
         # A text reused as a prompt counts once.
-        continuations = [contents[index][start : start + length] for index in dict.fromkeys(i for i, _ in chosen)]
-        return self._indicators(continuations)
+        first_use = {index: prompt for index, prompt in reversed(chosen)}
+        self.real_continuations = [
+            (first_use[index], contents[index][start : start + length]) for index in dict.fromkeys(i for i, _ in chosen)
+        ]
+        return self._indicators([continuation for _, continuation in self.real_continuations])
 
     def _indicators(self, samples: list[list[int]]) -> dict[str, float]:
         texts = self.tokenizer.batch_decode(samples, skip_special_tokens=True)
@@ -61,38 +81,87 @@ class CollapseMonitor:
 
     @torch.no_grad()
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
-        """Every indicator for `model`: held-out perplexity and entropy, then the samples' indicators."""
+        """Every indicator for `model`: held-out perplexity (pooled and its per-text percentiles) and entropy,
+        the samples' indicators, and the samples scored by the base model (their perplexity, their Vendi score).
+        The first call also scores the real continuations the same way, for the reference values."""
         was_training = model.training
         model.eval()
         try:
             scores = self._score_held_out(model)
+            samples = sample_continuations(model, self.tokenizer, self.prompts, self.config.sampling)
+            model.eval()
+            scored = self._score_samples(model, list(zip(self.prompts, samples, strict=True)))
+            if self.model_reference is None:
+                self.model_reference = self._score_samples(model, self.real_continuations)
+                self.reference.update(self.model_reference)
         finally:
             model.train(was_training)
-        samples = sample_continuations(model, self.tokenizer, self.prompts, self.config.sampling)
-        return {**scores, **self._indicators(samples)}
+        return {**scores, **self._indicators(samples), **scored}
 
     def _score_held_out(self, model: torch.nn.Module) -> dict[str, float]:
+        nll_sums, counts, entropy_sum = [], [], 0.0
+        for nll, targets, logits, _ in self._forward(model, self.eval_ids, [0] * len(self.eval_ids)):
+            nll_sums += (nll * targets).sum(dim=1).tolist()
+            counts += targets.sum(dim=1).tolist()
+            entropy_sum += next_token_entropy(logits, targets) * int(targets.sum())
+        tokens = sum(counts)
+        quantiles = perplexity_quantiles(nll_sums, counts, PPL_PERCENTILES)
+        return {
+            "real_ppl": perplexity(sum(nll_sums), tokens),
+            **{f"real_ppl_p{p}": value for p, value in quantiles.items()},
+            "next_token_entropy": entropy_sum / max(tokens, 1),
+        }
+
+    def _score_samples(self, model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
+        """Each continuation scored after its prompt by the base model (the adapter disabled): its perplexity,
+        and its mean-pooled last hidden state, whose Vendi score measures how many distinct things the samples
+        say. The base model embeds every eval's samples, so the Vendi scores of a run are comparable; without
+        an adapter (full training) there is no base model left: the current model embeds, and the base
+        perplexity is not measured."""
+        rows = [prompt + continuation for prompt, continuation in pairs]
+        starts = [len(prompt) for prompt, _ in pairs]
+        has_adapter = isinstance(model, PeftModel)
+        nll_sums, counts, pooled = [], [], []
+        with model.disable_adapter() if has_adapter else contextlib.nullcontext():
+            for nll, targets, _, hidden in self._forward(model, rows, starts, hidden=True):
+                nll_sums += (nll * targets).sum(dim=1).tolist()
+                counts += targets.sum(dim=1).tolist()
+                # Hidden state at position t read token t; targets[:, t-1] marks continuation token t.
+                keep = torch.nn.functional.pad(targets, (1, 0)).unsqueeze(-1).to(hidden.dtype)
+                pooled.append((hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1))
+        values = {"vendi_score": vendi_score(torch.cat(pooled).float().cpu())}
+        if has_adapter:
+            ppls = per_example_perplexity(nll_sums, counts)
+            quantiles = perplexity_quantiles(nll_sums, counts, (90,))
+            values["sample_base_ppl_mean"] = float(np.mean(ppls)) if ppls else math.nan
+            values["sample_base_ppl_p90"] = quantiles[90]
+        return values
+
+    def _forward(
+        self, model: torch.nn.Module, rows: list[list[int]], starts: list[int], hidden: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Per batch of rows (right-padded): the per-token NLL of each next token [B, T-1], which of them are
+        scored (real tokens at or after the row's start) [B, T-1], the logits [B, T-1, V] and, when asked, the
+        last hidden state [B, T, d]."""
         device = next(model.parameters()).device
-        nll_sum, tokens, entropy_sum = 0.0, 0, 0.0
         pad = self.tokenizer.pad_token_id or 0
         size = self.config.eval_batch_size
-        for start in range(0, len(self.eval_ids), size):
-            rows = self.eval_ids[start : start + size]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, : len(row)] = torch.tensor(row)
+        for first in range(0, len(rows), size):
+            batch, batch_starts = rows[first : first + size], starts[first : first + size]
+            width = max(len(r) for r in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, row in enumerate(batch):
+                ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
                 mask[i, : len(row)] = 1
             ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            targets = mask[:, 1:].bool()
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-            count = int(targets.sum())
-            nll_sum += float(nll[targets].sum())
-            entropy_sum += next_token_entropy(logits[:, :-1], targets) * count
-            tokens += count
-        return {"real_ppl": perplexity(nll_sum, tokens), "next_token_entropy": entropy_sum / max(tokens, 1)}
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden)
+            logits = out.logits[:, :-1].float()
+            position = torch.arange(1, width, device=device)
+            begin = torch.tensor(batch_starts, device=device).clamp(min=1)
+            targets = mask[:, 1:].bool() & (position[None, :] >= begin[:, None])
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            yield nll, targets, logits, (out.hidden_states[-1].float() if hidden else None)
 
     def alerts(self, values: dict[str, float], step: int, epoch: int) -> list[dict[str, Any]]:
         """The rules that `values` break, as `alert` event fields.
@@ -117,8 +186,8 @@ class CollapseMonitor:
                 verb = "fell" if change < 0 else "rose"
                 moved = _percent(abs(change)) if base != 0 else f"by {abs(change):.4g}"
                 message = (
-                    f"{rule.indicator} {verb} {moved} vs {rule.against} ({base:.4g} -> {value:.4g}) at epoch "
-                    f"{epoch}, past the {_limit(rule.threshold, base)} limit; action: {rule.action}"
+                    f"{rule.indicator} {verb} {moved} vs {rule.against} ({base:.4g} -> {value:.4g}) at step "
+                    f"{step} (epoch {epoch}), past the {_limit(rule.threshold, base)} limit; action: {rule.action}"
                 )
                 fired.append(
                     {
@@ -137,12 +206,15 @@ class CollapseMonitor:
         return fired
 
     def state_dict(self) -> dict[str, Any]:
-        """The baseline, which alerts after a resume are measured against."""
-        return {"baseline": self.baseline}
+        """The baseline, which alerts after a resume are measured against, and the model-scored reference."""
+        return {"baseline": self.baseline, "model_reference": self.model_reference}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the baseline."""
+        """Restore the baseline and the model-scored reference values."""
         self.baseline = state.get("baseline")
+        self.model_reference = state.get("model_reference")
+        if self.model_reference is not None:
+            self.reference.update(self.model_reference)
 
 
 def _percent(fraction: float) -> str:

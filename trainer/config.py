@@ -21,6 +21,9 @@ from synthmix.schema import apply_overrides, build, load_yaml, parse_overrides
 # collapsed; 0: no direction (reported, never alerted on by direction alone).
 INDICATOR_DIRECTION: dict[str, int] = {
     "real_ppl": -1,
+    "real_ppl_p50": -1,
+    "real_ppl_p90": -1,
+    "real_ppl_p99": -1,
     "next_token_entropy": +1,
     "distinct_1": +1,
     "distinct_2": +1,
@@ -33,9 +36,12 @@ INDICATOR_DIRECTION: dict[str, int] = {
     "tail_mass": +1,
     "js_divergence": -1,
     "compression_ratio": +1,
+    "sample_base_ppl_mean": -1,
+    "sample_base_ppl_p90": -1,
+    "vendi_score": +1,
 }
 # Measured on held-out text, not on samples: the real text has no value of its own to compare them with.
-HELD_OUT_INDICATORS = ("real_ppl", "next_token_entropy")
+HELD_OUT_INDICATORS = ("real_ppl", "real_ppl_p50", "real_ppl_p90", "real_ppl_p99", "next_token_entropy")
 
 
 @dataclasses.dataclass
@@ -106,7 +112,9 @@ class CollapseConfig:
     """The eval hook's inputs, sampling settings and alert rules."""
 
     enabled: bool = True
-    """Run the hook at step 0 and at the end of every epoch (needs held-out real text)."""
+    """Run the hook at step 0, at the end of every epoch and at the last step (needs held-out real text)."""
+    every_steps: int | None = None
+    """Also run it every this many optimizer steps (rules and the report then work per eval)."""
     num_prompts: int = 64
     """Fixed prompts, taken from the held-out real text, that the model continues each time."""
     prompt_tokens: int = 16
@@ -124,7 +132,7 @@ class CollapseConfig:
     self_bleu_samples: int = 64
     """Samples scored as hypotheses in self_bleu (each against all others), chosen with the sampling seed."""
     rules: list[AlertRule] = dataclasses.field(default_factory=_default_rules)
-    """Alert rules, checked at every epoch end."""
+    """Alert rules, checked at every eval after the baseline."""
     reduce_factor: float = 0.5
     """reduce_ratio multiplies the synthetic ratio of the following epochs by this."""
     report: bool = True
@@ -145,6 +153,8 @@ def validate_collapse(config: CollapseConfig) -> None:
                 f"collapse.rules[{i}].against: {rule.indicator} is measured on the held-out text itself, so it "
                 "has no reference value; use against: baseline"
             )
+    if config.every_steps is not None and config.every_steps < 1:
+        raise ConfigError(f"collapse.every_steps: must be at least 1 (or null), got {config.every_steps}")
     if not 0 < config.reduce_factor < 1:
         raise ConfigError(f"collapse.reduce_factor: must be in (0, 1), got {config.reduce_factor}")
     if not 0 < config.tail_share <= 1:

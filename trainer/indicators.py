@@ -13,6 +13,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.helpers import extract_all_word_ngrams
@@ -208,6 +209,47 @@ def perplexity(nll_sum: float, n_tokens: int) -> float:
         return math.exp(nll_sum / n_tokens)
     except OverflowError:
         return math.inf
+
+
+def per_example_perplexity(nll_sums: Sequence[float], token_counts: Sequence[int]) -> list[float]:
+    """exp(nll_i / n_i) for each example with at least one scored token (nats in, in order)."""
+    if len(nll_sums) != len(token_counts):
+        raise ValueError(f"{len(nll_sums)} nll sums but {len(token_counts)} token counts")
+    return [perplexity(nll, n) for nll, n in zip(nll_sums, token_counts, strict=True) if n > 0]
+
+
+def perplexity_quantiles(
+    nll_sums: Sequence[float], token_counts: Sequence[int], percentiles: Sequence[float] = (50, 90, 99)
+) -> dict[float, float]:
+    """Percentiles of the per-example perplexities exp(nll_i / n_i) (nats), {percentile: value}.
+
+    Linear interpolation between order statistics (numpy's default), so p99 of 10 examples lies between the
+    9th and the 10th largest. Examples with no scored token are left out; empty input gives NaN.
+    """
+    per_example = per_example_perplexity(nll_sums, token_counts)
+    if not per_example:
+        return {p: math.nan for p in percentiles}
+    values = np.percentile(np.array(per_example, dtype=np.float64), list(percentiles))
+    return {p: float(v) for p, v in zip(percentiles, values, strict=True)}
+
+
+def vendi_score(embeddings: torch.Tensor) -> float:
+    """The Vendi score (Friedman & Dieng 2023) of n embeddings [n, d] under the cosine-similarity kernel.
+
+    exp of the Shannon entropy (nats) of the eigenvalues of K / n, K[i, j] = cos(x_i, x_j): the effective number
+    of distinct items, 1 for n identical vectors and n for n orthogonal ones. Zero vectors are left out (they
+    have no direction); 0.0 when none is left.
+    """
+    if embeddings.dim() != 2:
+        raise ValueError(f"expected embeddings [n, d], got shape {tuple(embeddings.shape)}")
+    x = embeddings.detach().double()
+    norms = x.norm(dim=1)
+    x = x[norms > 0] / norms[norms > 0, None]
+    if x.shape[0] == 0:
+        return 0.0
+    eigenvalues = torch.linalg.eigvalsh(x @ x.T / x.shape[0]).clamp(min=0)
+    eigenvalues = eigenvalues[eigenvalues > 0]
+    return float(torch.exp(-(eigenvalues * eigenvalues.log()).sum()))
 
 
 def sample_indicators(

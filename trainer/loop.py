@@ -63,15 +63,18 @@ class Progress:
     epoch_examples: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     epoch_capacity: int = 0
     """Token slots of every row every process trained on this epoch (padding included)."""
+    evaluated_step: int | None = None
+    """The step of the newest collapse eval, so the last step gets one unless it already had it."""
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data for progress.json."""
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from progress.json."""
+        """Continue from progress.json (`evaluated_step` is absent from checkpoints written before it existed)."""
         for field in dataclasses.fields(self):
-            setattr(self, field.name, state[field.name])
+            if field.name in state or field.name != "evaluated_step":
+                setattr(self, field.name, state[field.name])
 
 
 @dataclasses.dataclass
@@ -332,20 +335,33 @@ def fit(run: Run) -> None:
                     run.log.event("train", step=progress.step, epoch=progress.epoch, **stats)
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", epoch=progress.epoch)
+                if _eval_due(run):  # before the checkpoint of this step, which then holds its effects
+                    apply_actions(run, evaluate(run, _realized_ratio(run)))
                 every = config.checkpoint.every_steps
                 if every and progress.step % every == 0:
                     save_checkpoint(run)
-                if run.preempted:
+                if run.preempted or run.stop_reason is not None:
                     break
             # A preempted run ends its epoch (the hook, the epoch's checkpoint) after resuming.
             if progress.step_in_epoch >= progress.steps_per_epoch[progress.epoch - 1] and not run.preempted:
                 end_epoch(run)
         bar.close()
+        if config.collapse.enabled and progress.evaluated_step != progress.step and not run.preempted:
+            # train.max_steps (or a stop rule) ended the run mid-epoch: its final state still gets measured.
+            apply_actions(run, evaluate(run, _realized_ratio(run)))
         if run.checkpointed_step != progress.step:  # stopped between checkpoints: keep the run continuable
             save_checkpoint(run)
     if run.preempted:
         _end_preempted(run)
     finish(run)
+
+
+def _eval_due(run: Run) -> bool:
+    """`collapse.every_steps` says so, and this is not the epoch's last step (the epoch end evaluates)."""
+    progress, collapse = run.progress, run.config.collapse
+    every = collapse.every_steps
+    epoch_end = progress.step_in_epoch >= progress.steps_per_epoch[progress.epoch - 1]
+    return bool(collapse.enabled and every and progress.step % every == 0 and not epoch_end)
 
 
 def _more_steps(run: Run) -> bool:
@@ -439,9 +455,7 @@ def end_epoch(run: Run) -> None:
     """Log the epoch's realized ratio, run the collapse hook and its actions, checkpoint, next epoch."""
     progress = run.progress
     tokens, examples = progress.epoch_tokens, progress.epoch_examples
-    counted = tokens if run.config.data.unit == "tokens" else examples
-    total = counted["real"] + counted["synthetic"]
-    realized = counted["synthetic"] / total if total else None  # in data.unit, like the target
+    realized = _realized_ratio(run)
     run.log.event(
         "epoch",
         step=progress.step,
@@ -465,6 +479,14 @@ def end_epoch(run: Run) -> None:
     progress.epoch_capacity = 0
     apply_actions(run, alerts)
     save_checkpoint(run)
+
+
+def _realized_ratio(run: Run) -> float | None:
+    """The synthetic share of what this epoch has trained on so far, in data.unit like the target."""
+    progress = run.progress
+    counted = progress.epoch_tokens if run.config.data.unit == "tokens" else progress.epoch_examples
+    total = counted["real"] + counted["synthetic"]
+    return counted["synthetic"] / total if total else None
 
 
 def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, Any]]:
@@ -492,6 +514,7 @@ def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, An
             sampling=dataclasses.asdict(run.config.collapse.sampling),
             seconds=round(time.perf_counter() - started, 3),
         )
+        progress.evaluated_step = progress.step
         for alert in alerts:
             run.log.event("alert", **alert)
         if run.accelerator.is_main_process:
@@ -503,7 +526,7 @@ def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, An
 
 
 def apply_actions(run: Run, alerts: list[dict[str, Any]]) -> None:
-    """`stop` ends the run after this epoch's checkpoint; `reduce_ratio` lowers the ratio of later epochs."""
+    """`stop` ends the run after this eval (and a checkpoint); `reduce_ratio` lowers the ratio of later epochs."""
     actions = {alert["action"] for alert in alerts}
     if "reduce_ratio" in actions:
         run.mixer.reduce_ratio(run.config.collapse.reduce_factor)

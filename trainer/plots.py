@@ -43,16 +43,26 @@ def _xy(rows: list[dict], xkey: str, ykey: str) -> tuple[list[float], list[float
     return [x for x, _ in pairs], [y for _, y in pairs]
 
 
+def eval_axis(runs: list[RunRecord]) -> str:
+    """'epoch' when every run evaluates at most once per epoch, else 'step' (collapse.every_steps)."""
+    for run in runs:
+        epochs = [num(e.get("epoch")) for e in run.evals]
+        if len(epochs) != len(set(epochs)):
+            return "step"
+    return "epoch"
+
+
 def indicator_plot(name: str, runs: list[RunRecord]) -> bytes:
-    fig, ax = _figure(name, "epoch")
+    axis = eval_axis(runs)
+    fig, ax = _figure(name, axis)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for run, color in zip(runs, itertools.cycle(PALETTE)):
-        xs, ys = _xy(run.evals, "epoch", name)
+        xs, ys = _xy(run.evals, axis, name)
         ax.plot(xs, ys, "-o", color=color, lw=1.6, ms=3.5)
         baseline = next((y for x, y in zip(xs, ys) if x == 0), None)
         if baseline is not None:
             ax.axhline(baseline, color=color, ls="--", lw=1, alpha=0.7)
-        alerts = [(num(a.get("epoch")), num(a.get("value"))) for a in run.alerts if a.get("indicator") == name]
+        alerts = [(num(a.get(axis)), num(a.get("value"))) for a in run.alerts if a.get("indicator") == name]
         alerts = [(x, y) for x, y in alerts if x is not None and y is not None]
         if alerts:
             ax.plot(*zip(*alerts), "x", color=ALERT_RED, ms=9, mew=2.2, zorder=5, clip_on=False)

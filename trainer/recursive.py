@@ -9,7 +9,10 @@ generation g-1 (prompts from the real training text), builds its training mix by
 fine-tunes the base model on it with the collapse hook, and becomes the sampler of generation g+1:
 - `replace`: only the newest synthetic corpus (the setting where models collapse, Shumailov et al. 2024);
 - `accumulate`: the real data plus every synthetic corpus so far (stays bounded, Gerstgrasser et al. 2024);
-- `fixed_real`: the newest synthetic corpus plus a fixed fraction of real data per generation.
+- `fixed_real`: the newest synthetic corpus plus a fixed fraction of real data per generation;
+- `adaptive`: starts as `replace`; when a collapse rule fires during generation g, generation g+1 and later mix
+  real data back in: their synthetic share is the previous one times `collapse.reduce_factor` (see
+  `adaptive_share`).
 Each generation is a run folder RUN_DIR/gen-G; a finished generation is skipped on restart and an unfinished
 one resumes from its latest checkpoint. RUN_DIR/generations.jsonl sums up every generation's final indicators.
 """
@@ -35,7 +38,7 @@ from trainer.run_log import METRICS, read_events
 from trainer.sampling import SamplingConfig
 from trainer.synthetic import generate_corpus
 
-STRATEGIES = ("replace", "accumulate", "fixed_real")
+STRATEGIES = ("replace", "accumulate", "fixed_real", "adaptive")
 SUMMARY = "generations.jsonl"
 
 
@@ -57,6 +60,11 @@ def run_experiment(exp: Experiment) -> Path:
     """Run (or continue) every generation, then write generations.jsonl and the report; returns RUN_DIR."""
     if exp.config.model.name is None:
         raise TrainerError("model.name: the recursive loop starts from a trained base model (a hub name or folder)")
+    if exp.strategy == "adaptive" and not (exp.config.collapse.enabled and exp.config.collapse.rules):
+        raise TrainerError(
+            "collapse.rules: the adaptive strategy acts on the collapse rules that fire; set at least one rule "
+            "(and keep collapse.enabled: true)"
+        )
     exp.run_dir.mkdir(parents=True, exist_ok=True)
     real_texts = list(real_training_texts(exp.config.data))
     for generation in range(1, exp.generations + 1):
@@ -70,7 +78,12 @@ def run_experiment(exp: Experiment) -> Path:
             )
             _sample_corpus(exp, generation, real_texts, corpus)
         if not _finished(folder):
-            print(f"[generation {generation}/{exp.generations}] fine-tuning ({exp.strategy})", flush=True)
+            share = _generation_config(exp, generation).data.synthetic_ratio
+            print(
+                f"[generation {generation}/{exp.generations}] fine-tuning ({exp.strategy}, synthetic share "
+                f"{share:.3g}{_decision(exp, generation)})",
+                flush=True,
+            )
             resume = "latest" if (folder / "checkpoints").is_dir() else None
             train(_generation_config(exp, generation), resume=resume)
         _write_summary(exp)
@@ -118,6 +131,9 @@ def _generation_config(exp: Experiment, generation: int) -> RunConfig:
     elif exp.strategy == "accumulate":
         sources = real + [_synthetic_source(exp, g) for g in range(1, generation + 1)]
         ratio = generation / (generation + 1)  # every corpus is as large as the real data: use them all once
+    elif exp.strategy == "adaptive":
+        fired = [bool(_alerts(exp.run_dir / f"gen-{g}")) for g in range(1, generation)]
+        sources, ratio = real + newest, adaptive_share(fired, exp.config.collapse.reduce_factor)
     else:
         sources, ratio = real + newest, 1.0 - exp.real_fraction
     data = dataclasses.replace(
@@ -129,6 +145,37 @@ def _generation_config(exp: Experiment, generation: int) -> RunConfig:
         schedule=dataclasses.replace(exp.config.data.schedule, type="constant"),
     )
     return dataclasses.replace(config, data=data, output_dir=str(exp.run_dir / f"gen-{generation}"))
+
+
+def adaptive_share(fired: list[bool], reduce_factor: float) -> float:
+    """The synthetic share of the next generation under `adaptive`, from whether a collapse rule fired in each
+    generation so far (fired[0] is generation 1).
+
+    The first generation trains on synthetic data only (share 1, as `replace`). Every generation in which any
+    rule fired (at any eval, whatever its action) multiplies the share of all later generations by
+    `reduce_factor`; a generation without an alert leaves it as it is. The share never rises again: the
+    alerts say how much synthetic data this model and data can take, and a recovered model is the sign that
+    the current share is safe, not that a larger one is.
+    """
+    share = 1.0
+    for alerted in fired:
+        if alerted:
+            share *= reduce_factor
+    return share
+
+
+def _alerts(folder: Path) -> list[dict[str, Any]]:
+    return [e for e in read_events(folder / METRICS) if e.get("event") == "alert"]
+
+
+def _decision(exp: Experiment, generation: int) -> str:
+    """Why an adaptive generation has the share it has: the alerts of the generation before it."""
+    if exp.strategy != "adaptive" or generation == 1:
+        return ""
+    fired = sorted({a["indicator"] for a in _alerts(exp.run_dir / f"gen-{generation - 1}")})
+    if not fired:
+        return f"; no rule fired in generation {generation - 1}"
+    return f"; {', '.join(fired)} fired in generation {generation - 1}: x{exp.config.collapse.reduce_factor:g}"
 
 
 def _synthetic_source(exp: Experiment, generation: int) -> SourceConfig:
@@ -149,18 +196,22 @@ def _write_summary(exp: Experiment) -> None:
         if not evals or not _finished(exp.run_dir / f"gen-{generation}"):
             break
         if generation == 1:
-            lines.append(_summary_line(exp, 0, evals[0]))  # the base model, before any update
-        lines.append(_summary_line(exp, generation, evals[-1]))
+            lines.append(_summary_line(exp, 0, evals[0], None))  # the base model, before any update
+        share = _generation_config(exp, generation).data.synthetic_ratio
+        lines.append(_summary_line(exp, generation, evals[-1], share))
     write_text(exp.run_dir / SUMMARY, "".join(json.dumps(line) + "\n" for line in lines))
 
 
-def _summary_line(exp: Experiment, generation: int, evaluation: dict[str, Any]) -> dict[str, Any]:
+def _summary_line(exp: Experiment, generation: int, evaluation: dict[str, Any], share: float | None) -> dict[str, Any]:
     skip = {"event", "time", "step", "epoch", "sampling", "seconds"}
     indicators = {k: v for k, v in evaluation.items() if k not in skip}
+    folder = exp.run_dir / f"gen-{generation}"
     return {
         "generation": generation,
         "strategy": exp.strategy,
         "seed": exp.config.seed,
         "real_fraction": exp.real_fraction if exp.strategy == "fixed_real" else None,
+        "synthetic_share": share,
+        "alerts": sorted({a["indicator"] for a in _alerts(folder)}) if generation else [],
         **indicators,
     }

@@ -22,6 +22,9 @@ from trainer.run_record import ReportError, RunRecord, indicator_names, load_run
 # The sentence under each indicator's plot.
 COLLAPSE_SENTENCES: dict[str, str] = {
     "real_ppl": "Rises under collapse: the model forgets the real distribution.",
+    "real_ppl_p50": "Rises under collapse: the typical held-out text is modelled worse.",
+    "real_ppl_p90": "Rises under collapse: the worst-modelled tenth of the real texts gets worse first.",
+    "real_ppl_p99": "Rises under collapse: the rarest real texts (the tail) are forgotten first.",
     "distinct_1": "Falls under collapse: fewer different tokens in the samples.",
     "distinct_2": "Falls under collapse: samples reuse the same token pairs.",
     "distinct_3": "Falls under collapse: samples reuse the same phrases.",
@@ -34,6 +37,9 @@ COLLAPSE_SENTENCES: dict[str, str] = {
     "js_divergence": "Rises under collapse: samples drift away from the real token distribution.",
     "compression_ratio": "Falls under collapse: repetitive samples compress better (compressed / raw size shrinks).",
     "next_token_entropy": "Falls under collapse: the model grows over-confident.",
+    "sample_base_ppl_mean": "Rises under collapse: samples drift where the base model finds text unlikely.",
+    "sample_base_ppl_p90": "Rises under collapse: a long tail of samples the base model finds unlikely.",
+    "vendi_score": "Falls under collapse: the samples say fewer distinct things (effective count of distinct items).",
 }
 # (collapse direction, sentence): INDICATOR_DIRECTION says which way is healthy, collapse moves the other way.
 COLLAPSE_DIRECTION: dict[str, tuple[int, str]] = {
@@ -143,14 +149,21 @@ def _caption_now(run: RunRecord, name: str) -> str:
     last, base = run.evals[-1], run.evals[0]
     change = _change(last.get(name), base.get(name))
     delta = f" ({change:+.1f}% vs baseline)" if change is not None else ""
-    return f"Epoch {_fmt(last.get('epoch'))}: {_fmt(last.get(name))}{delta}."
+    return f"{_when(last).capitalize()}: {_fmt(last.get(name))}{delta}."
+
+
+def _when(row: dict) -> str:
+    """'epoch 2', or 'step 40 (epoch 1)' for an eval that is not at an epoch's end."""
+    if row.get("at_epoch_end", True):
+        return f"epoch {_fmt(row.get('epoch'))}"
+    return f"step {_fmt(row.get('step'))} (epoch {_fmt(row.get('epoch'))})"
 
 
 def _eval_table(run: RunRecord, names: list[str]) -> str:
     e = html.escape
     base = run.evals[0] if run.evals else {}
-    alerted = {(a.get("indicator"), num(a.get("epoch"))) for a in run.alerts}
-    head = "".join(f"<th>epoch {e(_fmt(ev.get('epoch')))}</th>" for ev in run.evals)
+    alerted = {(a.get("indicator"), num(a.get("step"))) for a in run.alerts}
+    head = "".join(f"<th>{e(_when(ev))}</th>" for ev in run.evals)
     body = []
     for name in names:
         direction = COLLAPSE_DIRECTION.get(name, UNKNOWN_DIRECTION)[0]
@@ -159,7 +172,7 @@ def _eval_table(run: RunRecord, names: list[str]) -> str:
             change = _change(ev.get(name), base.get(name)) if ev is not base else None
             bad = change is not None and direction * change >= SIGNIFICANT_CHANGE
             pct = f"<small class='{'bad' if bad else ''}'>{change:+.1f}%</small>" if change is not None else ""
-            cls = " class='alert'" if (name, num(ev.get("epoch"))) in alerted else ""
+            cls = " class='alert'" if (name, num(ev.get("step"))) in alerted else ""
             cells.append(f"<td{cls}>{e(_fmt(ev.get(name)))}{pct}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
@@ -194,7 +207,7 @@ def _indicator_section(runs: list[RunRecord], names: list[str], pngs: dict[str, 
         now = _caption_now(runs[0], name) if len(runs) == 1 else ""
         cards.append(_card(pngs[name], name, COLLAPSE_DIRECTION.get(name, UNKNOWN_DIRECTION)[1], now))
     body = f"{_legend(runs)}<div class='grid'>{''.join(cards)}</div>" if cards else "<p>No eval event logged yet.</p>"
-    return "<h2>Collapse indicators per epoch</h2>" + body
+    return "<h2>Collapse indicators per eval</h2>" + body
 
 
 def _training_section(runs: list[RunRecord], pngs: dict[str, bytes]) -> str:

@@ -22,6 +22,7 @@ NOT_INDICATORS = {
     "seconds",
     "realized_synthetic_ratio",
     "target_synthetic_ratio",
+    "synthetic_share",
 }
 
 
@@ -89,9 +90,12 @@ def load_run(run_dir: Path) -> RunRecord:
             run.reference = row
         elif kind == "end":
             run.end = row
-    # A resumed run may log an epoch twice: the last record wins. An eval without an epoch cannot be placed.
-    by_epoch = {num(e.get("epoch")): e for e in run.evals if num(e.get("epoch")) is not None}
-    run.evals = [by_epoch[k] for k in sorted(by_epoch)]
+    # A resumed run may log a step twice: the last record wins. An eval without a step cannot be placed.
+    by_step = {num(e.get("step")): e for e in run.evals if num(e.get("step")) is not None}
+    run.evals = [by_step[k] for k in sorted(by_step)]
+    epoch_ends = {num(e.get("step")) for e in run.epochs}
+    for row in run.evals:  # the step-0 baseline counts as the end of epoch 0
+        row["at_epoch_end"] = num(row.get("step")) == 0 or num(row.get("step")) in epoch_ends
     if (run_dir / "generations.jsonl").is_file():
         run.generations = read_events(run_dir / "generations.jsonl")
     return run

@@ -28,7 +28,7 @@ from synthmix.errors import ConfigError
 from synthmix.schema import apply_overrides, flatten
 from trainer.checkpoint import find_checkpoint, verify
 from trainer.collapse import CollapseMonitor
-from trainer.config import AlertRule, CollapseConfig, RunConfig, SamplingConfig, load_config
+from trainer.config import HELD_OUT_INDICATORS, AlertRule, CollapseConfig, RunConfig, SamplingConfig, load_config
 from trainer.indicators import INDICATOR_DIRECTION, self_bleu
 from trainer.loop import train
 from trainer.run_log import METRICS, read_events
@@ -38,7 +38,7 @@ EVAL_KEYS = {
     "mean_length", "std_length", "tail_mass", "js_divergence", "compression_ratio", "next_token_entropy",
     "realized_synthetic_ratio", "epoch", "step", "sampling",
 }  # fmt: skip
-SAMPLE_INDICATORS = set(INDICATOR_DIRECTION) - {"real_ppl", "next_token_entropy"}
+SAMPLE_INDICATORS = set(INDICATOR_DIRECTION) - set(HELD_OUT_INDICATORS)
 
 
 def rule(indicator: str, direction: str, threshold: float, action: str = "warn", against: str = "baseline") -> dict:
@@ -119,7 +119,7 @@ def test_warn_logs_the_alert_and_training_goes_on_to_the_end(warned) -> None:
         assert alert["action"] == "warn" and alert["indicator"] == "real_ppl" and alert["against"] == "baseline"
         assert alert["value"] == evals[alert["epoch"]]["real_ppl"] and alert["baseline"] == evals[0]["real_ppl"]
         assert alert["message"].startswith("real_ppl fell ")
-        assert alert["message"].endswith(f"at epoch {alert['epoch']}, past the 0.01% limit; action: warn")
+        assert alert["message"].endswith(f"(epoch {alert['epoch']}), past the 0.01% limit; action: warn")
     (end,) = of(warned.events, "end")
     assert end["status"] == "finished" and end["epoch"] == 2
     assert sorted(epoch_end_steps(warned.events)) == [1, 2]
@@ -229,6 +229,58 @@ def test_reduce_ratio_halves_the_next_epochs_realized_ratio(scripted) -> None:
         assert abs(epochs[epoch]["realized_synthetic_ratio"] - target) <= 0.01
 
 
+# ---------------------------------------------------------------------------------------------- when it runs
+def test_max_steps_mid_epoch_gets_a_final_eval(reference, tmp_path: Path) -> None:
+    """A run that train.max_steps stops inside its first epoch is measured at its last step."""
+    run = trained(reference.config_path, tmp_path / "run", "--train.max_steps", "5")
+    evals = of(run.events, "eval")
+    assert [(e["step"], e["epoch"]) for e in evals] == [(0, 0), (5, 1)]
+    assert not of(run.events, "epoch")  # the epoch never ended
+    assert 0 < evals[1]["realized_synthetic_ratio"] < 1  # what the 5 steps trained on
+    (end,) = of(run.events, "end")
+    assert end["step"] == 5 and find_checkpoint(run.output_dir / "checkpoints", "latest").name == "step-5"
+
+
+@pytest.fixture(scope="module")
+def every_3(reference, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    root = tmp_path_factory.mktemp("every-3")
+    path = variant(reference, root, {"collapse": {"every_steps": 3, "rules": [rule("real_ppl", "down", 0.0001)]}})
+    return trained(path, root / "run")
+
+
+def test_every_steps_evaluates_between_epoch_ends_and_rules_fire_per_eval(reference, every_3) -> None:
+    ends = epoch_end_steps(every_3.events)
+    last = max(ends.values())
+    expected = sorted({0, *range(3, last + 1, 3), *ends.values()})
+    evals = of(every_3.events, "eval")
+    assert [e["step"] for e in evals] == expected  # one eval at a step that is both
+    alerts = of(every_3.events, "alert")
+    assert [a["step"] for a in alerts] == expected[1:]  # LoRA lowers real_ppl from the first steps on
+    mid = [e for e in evals if e["step"] and e["step"] not in ends.values()]
+    assert all(e["epoch"] == (1 if e["step"] < ends[1] else 2) for e in mid)
+    # Mid-epoch evals change nothing that training computes.
+    assert (every_3.output_dir / "adapter" / "adapter_model.safetensors").read_bytes() == reference.adapter_bytes
+
+
+def test_the_report_plots_per_eval_when_evals_come_between_epoch_ends(every_3) -> None:
+    from trainer.plots import eval_axis
+    from trainer.run_record import load_run
+
+    record = load_run(every_3.output_dir)
+    assert eval_axis([record]) == "step"
+    page = (every_3.output_dir / "report.html").read_text()
+    assert "<th>step 3 (epoch 1)</th>" in page and "<th>epoch 1</th>" in page
+
+
+def test_a_stop_rule_at_a_mid_epoch_eval_ends_the_run_there(reference, tmp_path: Path) -> None:
+    changes = {"collapse": {"every_steps": 2, "rules": [rule("real_ppl", "down", 0.0001, "stop")]}}
+    run = trained(variant(reference, tmp_path, changes), tmp_path / "run")
+    (end,) = of(run.events, "end")
+    assert end["status"] == "stopped" and end["step"] == 2
+    assert [e["step"] for e in of(run.events, "eval")] == [0, 2]
+    assert find_checkpoint(run.output_dir / "checkpoints", "latest").name == "step-2"
+
+
 # ---------------------------------------------------------------------------------------------- resume
 def test_resume_on_more_epochs_keeps_the_baseline(reference, tmp_path: Path) -> None:
     """No second baseline or reference after a resume; later alerts still compare with the step-0 values."""
@@ -269,7 +321,8 @@ def test_a_down_rule_fires_past_its_threshold_only(monitor) -> None:
     assert alert == {
         "step": 10, "epoch": 1, "indicator": "distinct_2", "value": 0.6, "baseline": 0.8, "against": "baseline",
         "change": pytest.approx(-0.25), "rule": "distinct_2 down > 20% vs baseline", "action": "stop",
-        "message": "distinct_2 fell 25% vs baseline (0.8 -> 0.6) at epoch 1, past the 20% limit; action: stop",
+        "message": "distinct_2 fell 25% vs baseline (0.8 -> 0.6) at step 10 (epoch 1), past the 20% limit; "
+        "action: stop",
     }  # fmt: skip
     assert m.alerts({"distinct_2": 0.65}, step=10, epoch=1) == []  # -18.75%: under the threshold
     assert m.alerts({"distinct_2": 1.6}, step=10, epoch=1) == []  # the other direction never fires a down rule
@@ -427,3 +480,50 @@ def test_a_degenerate_synthetic_corpus_at_a_high_ratio_shows_as_collapse(
     assert collapsed["tail_mass"] < 0.9 * healthy["tail_mass"]
     assert collapsed["js_divergence"] > 1.2 * healthy["js_divergence"]
     assert collapsed["real_ppl"] > 2 * healthy["real_ppl"]
+
+
+# ---------------------------------------------------------------------------------------------- base-model scores
+def test_samples_are_scored_by_the_base_model_with_the_adapter_disabled(tiny_tokenizer, tiny_model) -> None:
+    """sample_base_ppl_* and vendi_score equal a row-by-row computation with the base model alone (no padding,
+    no adapter), while the adapter itself changes what the model predicts."""
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model(tiny_tokenizer)
+    config = CollapseConfig(num_prompts=2, eval_batch_size=3, sampling=SamplingConfig(max_new_tokens=4))
+    m = CollapseMonitor(config, tiny_tokenizer, tiny_tokenizer(HELD_OUT)["input_ids"])
+    pairs = [([5, 6, 7], [8, 9, 10, 11]), ([12, 13], [14]), ([15], [16, 17, 18, 19, 20]), ([21, 22], [])]
+    expected_ppl, pooled = [], []
+    with torch.no_grad():
+        for prompt, continuation in pairs:
+            out = base(input_ids=torch.tensor([prompt + continuation]), output_hidden_states=True)
+            if not continuation:
+                continue
+            logits = out.logits[0, len(prompt) - 1 : -1]
+            nll = torch.nn.functional.cross_entropy(logits, torch.tensor(continuation), reduction="sum")
+            expected_ppl.append(math.exp(float(nll) / len(continuation)))
+            pooled.append(out.hidden_states[-1][0, len(prompt) :].mean(dim=0))
+    from trainer.indicators import vendi_score
+
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.eval()
+    got = m._score_samples(lora, pairs)
+    assert got["sample_base_ppl_mean"] == pytest.approx(sum(expected_ppl) / 3, rel=1e-4)
+    ordered = sorted(expected_ppl)
+    assert got["sample_base_ppl_p90"] == pytest.approx(ordered[1] + 0.8 * (ordered[2] - ordered[1]), rel=1e-4)
+    assert got["vendi_score"] == pytest.approx(vendi_score(torch.stack(pooled)), rel=1e-4)  # the empty one left out
+    with torch.no_grad():
+        ids = torch.tensor([pairs[0][0] + pairs[0][1]])
+        with lora.disable_adapter():
+            without = lora(input_ids=ids).logits
+        assert not torch.allclose(lora(input_ids=ids).logits, without)
+    # Without an adapter (full training) there is no base model left: only the Vendi score, of the model itself.
+    assert set(m._score_samples(tiny_model(tiny_tokenizer), pairs)) == {"vendi_score"}
+
+
+def test_the_reference_holds_the_real_continuations_scored_by_the_base_model(reference) -> None:
+    (ref,) = of(reference.events, "reference")
+    baseline = of(reference.events, "eval")[0]
+    for name in ("sample_base_ppl_mean", "sample_base_ppl_p90", "vendi_score"):
+        assert math.isfinite(ref[name]) and math.isfinite(baseline[name])
+    assert ref["vendi_score"] != baseline["vendi_score"]  # real text and the model's samples, not one thing twice
+    assert baseline["real_ppl_p50"] <= baseline["real_ppl_p90"] <= baseline["real_ppl_p99"]

@@ -18,13 +18,16 @@ from trainer.indicators import (
     js_divergence,
     length_stats,
     next_token_entropy,
+    per_example_perplexity,
     perplexity,
+    perplexity_quantiles,
     rare_tokens,
     repetition_rate,
     sample_indicators,
     self_bleu,
     tail_mass,
     unigram_entropy,
+    vendi_score,
 )
 
 SAMPLE_KEYS = {
@@ -328,7 +331,9 @@ def test_sample_indicators_keys_and_real_reference():
 
 
 def test_indicator_direction_covers_every_indicator():
-    assert set(INDICATOR_DIRECTION) == SAMPLE_KEYS | {"real_ppl", "next_token_entropy"}
+    held_out = {"real_ppl", "real_ppl_p50", "real_ppl_p90", "real_ppl_p99", "next_token_entropy"}
+    model_scored = {"sample_base_ppl_mean", "sample_base_ppl_p90", "vendi_score"}
+    assert set(INDICATOR_DIRECTION) == SAMPLE_KEYS | held_out | model_scored
     assert set(INDICATOR_DIRECTION.values()) <= {-1, 0, 1}
     assert INDICATOR_DIRECTION["real_ppl"] == -1
     assert INDICATOR_DIRECTION["distinct_2"] == 1
@@ -352,3 +357,59 @@ def test_degenerate_samples_score_as_collapsed_on_every_directed_indicator():
     for name, direction in INDICATOR_DIRECTION.items():
         if name in SAMPLE_KEYS and direction:
             assert direction * (healthy[name] - collapsed[name]) > 0, name
+
+
+# ---------------------------------------------------------------------------------------------- tail indicators
+def test_per_example_perplexity_is_exp_of_each_mean_nll_and_skips_empty_examples():
+    got = per_example_perplexity([0.0, 2 * math.log(4), 5.0], [3, 2, 0])
+    assert got == [1.0, pytest.approx(4.0)]
+    with pytest.raises(ValueError, match="2 nll sums but 1 token counts"):
+        per_example_perplexity([1.0, 2.0], [1])
+
+
+def test_perplexity_quantiles_interpolate_between_order_statistics():
+    # Per-example perplexities 1, 2, ..., 10 (nll = log k over one token each).
+    nll = [math.log(k) for k in range(1, 11)]
+    q = perplexity_quantiles(nll, [1] * 10, (50, 90, 99))
+    # numpy's linear rule: rank (n-1)·p = 4.5 -> 5.5; 8.1 -> 9.1; 8.91 -> 9.91.
+    assert q == {50: pytest.approx(5.5), 90: pytest.approx(9.1), 99: pytest.approx(9.91)}
+    assert perplexity_quantiles([math.log(7)], [1], (50, 99)) == {50: pytest.approx(7.0), 99: pytest.approx(7.0)}
+    assert all(math.isnan(v) for v in perplexity_quantiles([1.0], [0], (50,)).values())
+
+
+def test_a_worse_tail_moves_p99_and_not_p50():
+    typical = [math.log(10)] * 99
+    assert perplexity_quantiles(typical + [math.log(10)], [1] * 100)[50] == pytest.approx(10)
+    worse = perplexity_quantiles(typical + [math.log(1000)], [1] * 100)
+    assert worse[50] == pytest.approx(10) and worse[90] == pytest.approx(10)
+    assert worse[99] == pytest.approx(10 + 0.01 * 990)  # rank 98.01: 1% of the way to the last value
+
+
+def test_vendi_score_counts_distinct_directions():
+    e = torch.eye(3)
+    assert vendi_score(e) == pytest.approx(3.0)  # orthogonal: three distinct items
+    assert vendi_score(torch.ones(4, 5)) == pytest.approx(1.0)  # identical: one
+    assert vendi_score(torch.tensor([[1.0, 0.0], [5.0, 0.0], [0.0, 2.0]])) == pytest.approx(
+        math.exp(-(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3))
+    )  # two copies of one direction (length does not count) and one other: eigenvalues 2/3 and 1/3
+    # Two unit vectors at cosine c: K/n has eigenvalues (1 ± c)/2.
+    c = 0.6
+    pair = torch.tensor([[1.0, 0.0], [c, math.sqrt(1 - c * c)]])
+    lam = [(1 + c) / 2, (1 - c) / 2]
+    assert vendi_score(pair) == pytest.approx(math.exp(-sum(x * math.log(x) for x in lam)))
+
+
+def test_vendi_score_leaves_out_zero_vectors_and_rejects_bad_shapes():
+    assert vendi_score(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])) == pytest.approx(2.0)
+    assert vendi_score(torch.zeros(2, 3)) == 0.0
+    assert vendi_score(torch.zeros(0, 3)) == 0.0
+    with pytest.raises(ValueError, match=r"expected embeddings \[n, d\]"):
+        vendi_score(torch.ones(3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 8), st.integers(0, 1000))
+def test_vendi_score_lies_between_one_and_the_number_of_items(n, d, seed):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    score = vendi_score(x)
+    assert 1.0 - 1e-9 <= score <= min(n, d) + 1e-9
