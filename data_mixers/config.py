@@ -65,6 +65,30 @@ class ScheduleConfig:
 
 
 @dataclasses.dataclass
+class VerifierConfig:
+    """Score each synthetic example by its perplexity under a reference model; keep it only when real text is
+    at least as unlikely (Feng et al. 2024). Results are cached in the store's cleaning entry."""
+
+    model: str | None = None
+    """A hub name or local folder of a causal LM, or `base` (the run's model.name); null turns the filter off."""
+    quantile: float = 0.9
+    """Keep synthetic examples whose perplexity is at most this quantile of the real examples'."""
+    real_from: Literal["held_out", "train"] = "held_out"
+    """Which real examples set the bar: the held-out ones (a base model trained on the training text would
+    score that text optimistically), or the training ones."""
+    max_ppl: float | None = None
+    """An absolute perplexity limit, used instead of `quantile`."""
+    real_examples: int = 512
+    """Real examples scored to place the quantile (a seeded subset when there are more)."""
+    max_tokens: int = 256
+    """Tokens of each example scored."""
+    batch_size: int = 16
+    """Examples per forward pass."""
+    trust_remote_code: bool = False
+    """Let a hub verifier model run its own code."""
+
+
+@dataclasses.dataclass
 class FilterConfig:
     """Quality filters applied to synthetic examples only (real text is never filtered)."""
 
@@ -76,6 +100,8 @@ class FilterConfig:
     """n of the n-grams counted by `max_repeated_ngram_rate`."""
     max_repeated_ngram_rate: float | None = None
     """Drop synthetic examples whose share of repeated n-grams exceeds this (0..1)."""
+    verifier: VerifierConfig = dataclasses.field(default_factory=VerifierConfig)
+    """The model-based filter (off unless `verifier.model` is set)."""
 
 
 @dataclasses.dataclass
@@ -177,7 +203,22 @@ def validate_data(data: DataConfig) -> None:
     for key, value in (("max_tokens_per_example", data.max_tokens_per_example), ("filters.ngram", data.filters.ngram)):
         if value is not None and value < 1:
             raise ConfigError(f"data.{key}: must be at least 1, got {value}")
+    validate_verifier(data.filters.verifier)
     validate_schedule(data)
+
+
+def validate_verifier(verifier: VerifierConfig) -> None:
+    """Quantile in [0, 1], a positive limit, counts at least 1."""
+    key = "data.filters.verifier"
+    if not 0 <= verifier.quantile <= 1:
+        raise ConfigError(f"{key}.quantile: must be in [0, 1], got {verifier.quantile}")
+    if verifier.max_ppl is not None and verifier.max_ppl <= 0:
+        raise ConfigError(f"{key}.max_ppl: must be > 0, got {verifier.max_ppl}")
+    for name in ("real_examples", "max_tokens", "batch_size"):
+        if getattr(verifier, name) < 1:
+            raise ConfigError(f"{key}.{name}: must be at least 1, got {getattr(verifier, name)}")
+    if verifier.max_tokens < 2:
+        raise ConfigError(f"{key}.max_tokens: must be at least 2 (one token predicts the next), got 1")
 
 
 def validate_sources(data: DataConfig) -> None:

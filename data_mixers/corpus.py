@@ -1,5 +1,6 @@
 """Tokenized corpora: every source tokenized once into the store, then cleaned across sources (held-out split,
-duplicates, contamination, truncation, filters) into views the mixer plans with, without copying token ids.
+duplicates, contamination, truncation, filters, the verifier) into views the mixer plans with, without copying
+token ids.
 
 The cleaning is itself an entry of the store (a few small arrays per source), so a second start maps
 everything and computes nothing; a changed cleaning setting re-runs only the cleaning.
@@ -8,7 +9,7 @@ everything and computes nothing; a changed cleaning setting re-runs only the cle
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from data_mixers.hygiene import contained_in, filter_mask, first_occurrences, se
 from data_mixers.sources import PromptCompletion, SourceStream
 from data_mixers.store import Entry, EntryWriter, cached_entry, digest_of, source_fingerprint, tokenized_source
 from data_mixers.tokenizer import load_tokenizer, tokenizer_fingerprint
+from data_mixers.verifier import Verifier, model_identity, resolve_model, verify_synthetic
 
-_CLEANING_VERSION = 1
+_CLEANING_VERSION = 2
 _READ_FIELDS = ("format", "split", "text_field", "messages_field", "prompt_field", "completion_field", "on_error",
                 "max_examples")  # fmt: skip
 
@@ -87,6 +89,8 @@ class SourceReport:
     duplicates: int = 0
     contaminated: int = 0
     filtered: int = 0
+    unverified: int = 0
+    """Synthetic examples the verifier rejected (data.filters.verifier)."""
     examples: int = 0
     tokens: int = 0
     store: str = ""
@@ -117,9 +121,11 @@ def build_corpora(
     base_dir: Path | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     progress: bool | None = None,
+    base_model: str | None = None,
 ) -> Corpora:
     """Tokenize (or map from the store) and clean every source of `data`; the tokenizer is trained on the real
-    training text if none is named or given. `progress`: show progress bars (None: on a terminal only)."""
+    training text if none is named or given. `progress`: show progress bars (None: on a terminal only).
+    `base_model`: the run's model.name, which `data.filters.verifier.model: base` scores with."""
     if tokenizer is None:
         text = lambda: real_training_texts(data, base_dir)  # noqa: E731  (read only when the cache misses)
         tokenizer = load_tokenizer(tokenizer_config, text, _training_text_fingerprint(data, base_dir), data.cache_dir)
@@ -133,7 +139,8 @@ def build_corpora(
 
     train_entries = [tokenized(spec) for spec in order]
     held_entries = [tokenized(spec) for spec in data.held_out.sources]
-    cleaned = _cleaned(data, order, train_entries, held_entries, store)
+    verifier = _verifier_setup(data, base_model, tokenizer, progress)
+    cleaned = _cleaned(data, order, train_entries, held_entries, store, verifier)
     train, reports = [], []
     for i, (spec, entry) in enumerate(zip(order, train_entries)):
         rows = cleaned.arrays[f"rows_{i}"]
@@ -153,6 +160,8 @@ def build_corpora(
     held_out = _held_out_ids(cleaned, train_entries + held_entries)
     skipped = [msg for entry in (*train_entries, *held_entries) for msg in entry.meta["skipped_messages"]]
     how = {"entry": str(cleaned.folder), "store": "built" if cleaned.built else "cached", "seconds": cleaned.seconds}
+    if "verifier" in cleaned.meta:
+        how["verifier"] = cleaned.meta["verifier"]
     return Corpora(train, held_out, reports, skipped, tokenizer, how)
 
 
@@ -162,9 +171,35 @@ def _training_order(sources: list[SourceConfig]) -> list[SourceConfig]:
 
 
 # ---------------------------------------------------------------------------------------------- cleaning
-def _cleaned(data: DataConfig, order: list[SourceConfig], train: list[Entry], held: list[Entry], store: Path) -> Entry:
+@dataclasses.dataclass
+class _VerifierSetup:
+    """The verifier of a run, before it is loaded: loading waits for a cache miss of the cleaning entry."""
+
+    model: str
+    identity: dict[str, Any]
+    load: Callable[[], Verifier]
+
+
+def _verifier_setup(
+    data: DataConfig, base_model: str | None, tokenizer: PreTrainedTokenizerBase, progress: bool | None
+) -> _VerifierSetup | None:
+    verifier = data.filters.verifier
+    if verifier.model is None:
+        return None
+    model = resolve_model(verifier, base_model)
+    return _VerifierSetup(model, model_identity(model), lambda: Verifier(verifier, model, tokenizer, progress))
+
+
+def _cleaned(
+    data: DataConfig,
+    order: list[SourceConfig],
+    train: list[Entry],
+    held: list[Entry],
+    store: Path,
+    verifier: _VerifierSetup | None = None,
+) -> Entry:
     """The cleaning entry: per training source the rows it keeps and what removed the others, and the rows of
-    the held-out examples; keyed by the entries it reads and every cleaning setting."""
+    the held-out examples; keyed by the entries it reads, every cleaning setting and the verifier model."""
     described = {
         "version": _CLEANING_VERSION,
         "train": [[spec.name, spec.kind, entry.folder.name] for spec, entry in zip(order, train)],
@@ -174,6 +209,7 @@ def _cleaned(data: DataConfig, order: list[SourceConfig], train: list[Entry], he
         "contamination": data.contamination,
         "filters": dataclasses.asdict(data.filters),
         "max_tokens_per_example": data.max_tokens_per_example,
+        "verifier_model": None if verifier is None else verifier.identity,
     }
 
     def build(writer: EntryWriter) -> dict[str, Any]:
@@ -183,10 +219,14 @@ def _cleaned(data: DataConfig, order: list[SourceConfig], train: list[Entry], he
             cleaning.drop_duplicates()
         cleaning.drop_contaminated(data.contamination)
         cleaning.filter_synthetic(data)
+        meta: dict[str, Any] = {}
+        if verifier is not None:
+            meta["verifier"] = cleaning.verify_synthetic(verifier.load(), data.max_tokens_per_example)
+        cleaning.check_not_empty()
         for i, keep in enumerate(cleaning.keeps):
             writer.append(f"rows_{i}", np.flatnonzero(keep).astype(np.int64))
         writer.append("held_out", np.asarray(cleaning.held, dtype=np.int64).reshape(-1, 2))
-        return {"reports": cleaning.reports}
+        return {"reports": cleaning.reports, **meta}
 
     return cached_entry(store, "clean-" + digest_of(described), data.verify_cache, build)
 
@@ -196,10 +236,11 @@ class _Cleaning:
 
     def __init__(self, order: list[SourceConfig], train: list[Entry], held: list[Entry]) -> None:
         self.order, self.train = order, train
+        self.entries = train + held  # indexed as `held` pairs index them
         self.keeps = [np.ones(len(e.arrays["keys"]), dtype=bool) for e in train]
         self.reports = [
             {"loaded": e.meta["examples"], "skipped": e.meta["skipped"], "held_out": 0, "duplicates": 0,
-             "contaminated": 0, "filtered": 0}
+             "contaminated": 0, "filtered": 0, "unverified": 0}
             for e in train
         ]  # fmt: skip
         # Held-out examples as (source, row): explicit held-out sources come after the training ones.
@@ -254,6 +295,38 @@ class _Cleaning:
             passing = filter_mask(entry.arrays["ids"], offsets[rows], lengths, data.filters)
             self.keeps[i][rows[~passing]] = False
             self.reports[i]["filtered"] += int((~passing).sum())
+
+    def verify_synthetic(self, verifier: Verifier, max_tokens_per_example: int | None) -> dict[str, Any]:
+        """Drop the synthetic examples the verifier rejects (after every other filter); its summary."""
+        kept = [np.flatnonzero(keep) for keep in self.keeps]
+
+        def examples(i: int) -> list[np.ndarray]:
+            offsets, ids = self.train[i].arrays["offsets"], self.train[i].arrays["ids"]
+            ends = offsets[kept[i] + 1]
+            if max_tokens_per_example is not None:  # what training would see of each example
+                ends = np.minimum(ends, offsets[kept[i]] + max_tokens_per_example)
+            return [ids[offsets[r] : end] for r, end in zip(kept[i], ends, strict=True)]
+
+        if verifier.config.real_from == "held_out":
+            if not self.held:
+                raise MixerError(
+                    "data.filters.verifier.real_from: held_out, but there is no held-out text (set "
+                    "data.held_out.fraction or data.held_out.sources, or real_from: train)"
+                )
+            real = []
+            for i, row in self.held:
+                offsets = self.entries[i].arrays["offsets"]
+                real.append(self.entries[i].arrays["ids"][offsets[row] : offsets[row + 1]])
+        else:
+            real = [ex for i, spec in enumerate(self.order) if spec.kind == "real" for ex in examples(i)]
+        synthetic = [i for i, spec in enumerate(self.order) if spec.kind == "synthetic"]
+        masks, meta = verify_synthetic(verifier, real, [examples(i) for i in synthetic])
+        for i, passing in zip(synthetic, masks, strict=True):
+            self.keeps[i][kept[i][~passing]] = False
+            self.reports[i]["unverified"] += int((~passing).sum())
+        return meta
+
+    def check_not_empty(self) -> None:
         for spec, keep, report in zip(self.order, self.keeps, self.reports):
             if not keep.any():
                 raise MixerError(f"source '{spec.name}': no examples left after cleaning ({_why_empty(report)})")
@@ -270,7 +343,7 @@ def _held_out_ids(cleaned: Entry, entries: list[Entry]) -> list[np.ndarray]:
 def _why_empty(report: dict[str, int]) -> str:
     parts = [f"{report[key]} {label}" for key, label in
              [("held_out", "held out"), ("duplicates", "duplicates"), ("contaminated", "contaminated"),
-              ("filtered", "filtered")] if report[key]]  # fmt: skip
+              ("filtered", "filtered"), ("unverified", "rejected by the verifier")] if report.get(key)]  # fmt: skip
     return ", ".join(parts) or "the source is empty"
 
 

@@ -23,10 +23,12 @@ def inspect_mix(
     seq_len: int,
     dump: Path | None = None,
     rows: Path | None = None,
+    base_model: str | None = None,
 ) -> dict[str, Any]:
     """Build the corpora and the mixer of a (validated) config and describe sources and epochs as plain data;
-    `dump` writes epoch 1's examples, `rows` its packed rows, as JSONL."""
-    corpora = build_corpora(data, tokenizer)
+    `dump` writes epoch 1's examples, `rows` its packed rows, as JSONL; `base_model` is the run's model.name
+    (what `data.filters.verifier.model: base` scores with)."""
+    corpora = build_corpora(data, tokenizer, base_model=base_model)
     mixer = Mixer(corpora.train, data, seed, epochs, seq_len=seq_len)
     report: dict[str, Any] = {
         "unit": data.unit,
@@ -83,17 +85,26 @@ def format_report(report: dict[str, Any]) -> str:
         "sources:",
     ]
     header = f"  {'name':<24}{'kind':<11}{'loaded':>9}{'held out':>10}{'dupes':>8}{'contam':>8}"
-    lines.append(header + f"{'filtered':>10}{'examples':>10}{'tokens':>13}  store")
+    lines.append(header + f"{'filtered':>10}{'verifier':>10}{'examples':>10}{'tokens':>13}  store")
     for s in report["sources"]:
         lines.append(
             f"  {s['name']:<24}{s['kind']:<11}{s['loaded']:>9,}{s['held_out']:>10,}{s['duplicates']:>8,}"
-            f"{s['contaminated']:>8,}{s['filtered']:>10,}{s['examples']:>10,}{s['tokens']:>13,}  "
-            f"{s['store']} in {s['seconds']:.2f} s"
+            f"{s['contaminated']:>8,}{s['filtered']:>10,}{s['unverified']:>10,}{s['examples']:>10,}"
+            f"{s['tokens']:>13,}  {s['store']} in {s['seconds']:.2f} s"
         )
     cleaning = report["cleaning"]
-    lines += [
+    lines.append(
         f"  cleaning: {cleaning['store']} in {cleaning['seconds']:.2f} s; store entries under "
-        f"{Path(cleaning['entry']).parent}",
+        f"{Path(cleaning['entry']).parent}"
+    )
+    verifier = cleaning.get("verifier")
+    if verifier:
+        lines.append(
+            f"  verifier {verifier['model']}: kept {verifier['kept']:,} of {verifier['synthetic_scored']:,} synthetic "
+            f"examples ({verifier['rule']}: {verifier['threshold']:.4g}; {verifier['real_scored']:,} real examples "
+            f"scored, median {verifier['real_ppl_median']:.4g}) in {verifier['seconds']:.1f} s"
+        )
+    lines += [
         "",
         f"held-out examples: {report['held_out_examples']:,}",
         "",

@@ -146,8 +146,9 @@ def _inspect(args: argparse.Namespace, overrides: list[str]) -> None:
     if epochs < 1:
         raise ConfigError(f"--epochs: must be at least 1, got {epochs}")
     described = inspect_mix(
-        config.data, config.tokenizer, config.seed, epochs, config.train.seq_len, dump=args.dump, rows=args.rows
-    )
+        config.data, config.tokenizer, config.seed, epochs, config.train.seq_len, args.dump, args.rows,
+        base_model=config.model.name,
+    )  # fmt: skip
     report = {"config": str(args.config), **described}
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 

@@ -378,6 +378,11 @@ def _validate_model(config: RunConfig) -> None:
         raise ConfigError("model: set model.name or model.arch, not both (--model.arch '{}' clears the arch)")
     if model.arch and "model_type" not in model.arch:
         raise ConfigError("model.arch.model_type: missing (e.g. llama, qwen2, gpt2)")
+    if config.data.filters.verifier.model == "base" and model.name is None:
+        raise ConfigError(
+            "data.filters.verifier.model: 'base' scores with the run's base model, but model.arch builds an "
+            "untrained one; name a trained verifier model (a hub name or folder)"
+        )
     limit = known_max_positions(model)
     if limit is not None:
         for key, value in (

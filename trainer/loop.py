@@ -148,7 +148,10 @@ def setup(config: RunConfig, resume: str | None) -> Run:
     corpora = first_then_others(
         accelerator,
         lambda: build_corpora(
-            config.data, config.tokenizer, progress=accelerator.is_main_process and config.train.progress
+            config.data,
+            config.tokenizer,
+            progress=accelerator.is_main_process and config.train.progress,
+            base_model=config.model.name,
         ),
         first=accelerator.is_main_process if config.data.cache_shared else accelerator.is_local_main_process,
     )

@@ -5,6 +5,7 @@ lives here."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import yaml
 
 from synthmix.schema import apply_overrides, flatten
 from trainer.config import RunConfig, load_config
-from trainer.loop import Run, fit, setup
+from trainer.loop import Run, fit, setup, train
 from trainer.run_log import METRICS, read_events
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,3 +127,36 @@ def reference(
     finally:
         run.log.close()
     return ReferenceRun(path, config, run.output_dir, run, read_events(run.output_dir / METRICS))
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory: pytest.TempPathFactory, tiny_arch) -> Path:
+    """A tiny base model, fully trained for a few steps on the real text, saved with its tokenizer."""
+    root = tmp_path_factory.mktemp("base")
+    config = {
+        "output_dir": str(root / "run"),
+        "tokenizer": {"vocab_size": 384},
+        "data": {
+            "cache_dir": str(root / "cache"),
+            "sources": [{"name": "docs", "kind": "real", "builtin": "python_docs", "max_examples": 80}],
+            "held_out": {"fraction": 0.1},
+        },
+        "model": {"arch": dict(tiny_arch)},
+        "lora": {"r": 0},
+        "train": {
+            "epochs": 8,  # a base close to converged, so drifting away from the real data shows
+            "per_device_train_batch_size": 8,
+            "seq_len": 64,
+            "learning_rate": 0.01,
+            "progress": False,
+        },
+        "collapse": {"enabled": False},
+    }
+    path = root / "base.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = train(load_config(path))
+    model_dir = root / "model"
+    shutil.copytree(run_dir / "model", model_dir)
+    for file in (run_dir / "tokenizer").iterdir():
+        shutil.copy(file, model_dir / file.name)
+    return model_dir

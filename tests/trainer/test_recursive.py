@@ -1,4 +1,5 @@
-"""The self-consuming loop: generations, strategies, the summary, resuming across generations."""
+"""The self-consuming loop: generations, strategies (the adaptive policy's decisions too), the summary, resuming
+across generations."""
 
 from __future__ import annotations
 
@@ -10,44 +11,12 @@ import pytest
 import yaml
 
 from synthmix.cli import main as synthmix
-from trainer.config import SamplingConfig, load_config
-from trainer.loop import train
-from trainer.recursive import SUMMARY, Experiment, run_experiment
+from trainer.config import AlertRule, SamplingConfig, load_config
+from trainer.errors import TrainerError
+from trainer.recursive import SUMMARY, Experiment, adaptive_share, run_experiment
+from trainer.run_log import METRICS, read_events
 
 REPO = Path(__file__).parents[2]
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory, tiny_arch) -> Path:
-    """A tiny base model, fully trained for a few steps on the real text, saved with its tokenizer."""
-    root = tmp_path_factory.mktemp("base")
-    config = {
-        "output_dir": str(root / "run"),
-        "tokenizer": {"vocab_size": 384},
-        "data": {
-            "cache_dir": str(root / "cache"),
-            "sources": [{"name": "docs", "kind": "real", "builtin": "python_docs", "max_examples": 80}],
-            "held_out": {"fraction": 0.1},
-        },
-        "model": {"arch": dict(tiny_arch)},
-        "lora": {"r": 0},
-        "train": {
-            "epochs": 8,  # a base close to converged, so drifting away from the real data shows
-            "per_device_train_batch_size": 8,
-            "seq_len": 64,
-            "learning_rate": 0.01,
-            "progress": False,
-        },
-        "collapse": {"enabled": False},
-    }
-    path = root / "base.yaml"
-    path.write_text(yaml.safe_dump(config))
-    run_dir = train(load_config(path))
-    model_dir = root / "model"
-    shutil.copytree(run_dir / "model", model_dir)
-    for file in (run_dir / "tokenizer").iterdir():
-        shutil.copy(file, model_dir / file.name)
-    return model_dir
 
 
 def experiment_config(tmp_path: Path, base: Path) -> Path:
@@ -168,3 +137,42 @@ def test_replace_drifts_from_the_real_data_while_accumulate_stays_close(tmp_path
     assert mean("replace", "distinct_2") < mean("accumulate", "distinct_2") - 0.05
     assert mean("replace", "self_bleu") > mean("accumulate", "self_bleu") > 0.9 * base["self_bleu"]
     assert mean("replace", "js_divergence") > mean("accumulate", "js_divergence")
+
+
+# ---------------------------------------------------------------------------------------------- adaptive
+@pytest.mark.parametrize(
+    ("fired", "expected"),
+    [([], 1.0), ([False], 1.0), ([True], 0.5), ([False, True], 0.5), ([True, False, True], 0.25), ([True] * 3, 0.125)],
+)
+def test_the_adaptive_share_halves_after_each_generation_with_an_alert(fired: list[bool], expected: float) -> None:
+    assert adaptive_share(fired, 0.5) == expected
+    assert adaptive_share(fired, 0.8) == pytest.approx(0.8 ** sum(fired))
+
+
+def test_adaptive_trains_each_generation_at_the_share_its_alerts_decided(tmp_path: Path, base_model: Path) -> None:
+    """Whatever fires, each generation's mix follows the policy: generation 1 is all synthetic, and each later
+    one is the share before it, halved when a rule fired in the generation before."""
+    config_path = experiment_config(tmp_path, base_model)
+    exp = make_experiment(config_path, tmp_path / "adaptive", "adaptive", 3)
+    # real_ppl moving at all, either way: fires in some generations and not in others, at this size.
+    exp.config.collapse.rules = [AlertRule("real_ppl", "up", 0.002), AlertRule("distinct_2", "down", 0.02)]
+    rows = summary(run_experiment(exp))
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3]
+    shares = [r["synthetic_share"] for r in rows[1:]]
+    assert shares[0] == 1.0
+    for g in (2, 3):
+        fired_before = bool(rows[g - 1]["alerts"])
+        assert shares[g - 1] == shares[g - 2] * (0.5 if fired_before else 1.0)
+    for g, share in enumerate(shares, start=1):
+        (epoch,) = [e for e in read_events(tmp_path / "adaptive" / f"gen-{g}" / METRICS) if e["event"] == "epoch"]
+        assert epoch["target_synthetic_ratio"] == pytest.approx(share)
+        if share < 1:
+            assert abs(epoch["realized_synthetic_ratio"] - share) <= 0.02  # examples: within one of the target
+    assert any(r["alerts"] for r in rows[1:3]), "no rule fired: the test checks no halving"
+
+
+def test_adaptive_needs_collapse_rules(tmp_path: Path, base_model: Path) -> None:
+    exp = make_experiment(experiment_config(tmp_path, base_model), tmp_path / "adaptive", "adaptive", 1)
+    exp.config.collapse.rules = []
+    with pytest.raises(TrainerError, match="collapse.rules: the adaptive strategy acts on the collapse rules"):
+        run_experiment(exp)

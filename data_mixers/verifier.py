@@ -1,0 +1,155 @@
+"""The verifier filter: synthetic examples scored by their perplexity under a reference model, and kept only
+when it lies within what the real data scores (Feng et al. 2024, "Beyond Model Collapse": selecting synthetic
+data with a verifier prevents collapse).
+
+A synthetic example is kept when its perplexity is at most the `quantile` of the perplexities of real examples
+under the same model (or at most `max_ppl`): text the reference model finds less likely than nearly all real
+text is what a drifting generator adds. The real examples are the held-out ones by default: a base model that
+was trained on the training text (as the demo's was) scores it optimistically, and would reject new text that
+is as good as the real data. The cleaning entry of the store holds the result,
+keyed by the verifier's settings and the model's identity, so a second run with the same data scores nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_mixers.config import VerifierConfig
+from data_mixers.errors import MixerError
+
+BASE = "base"
+"""`data.filters.verifier.model: base` names the run's own base model (its model.name)."""
+
+
+def resolve_model(verifier: VerifierConfig, base_model: str | None) -> str:
+    """The model the verifier loads: its own name, or the run's base model for `base`."""
+    assert verifier.model is not None
+    if verifier.model != BASE:
+        return verifier.model
+    if base_model is None:
+        raise MixerError(
+            "data.filters.verifier.model: 'base' scores with the run's base model, but the run has none "
+            "(set model.name, or name a verifier model)"
+        )
+    return base_model
+
+
+def model_identity(name: str) -> dict[str, Any]:
+    """What decides the scores besides the settings: a local folder's files (name, size, mtime), or a hub name."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return {"hub": name}
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    listing = [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return {"folder": str(folder.resolve()), "files": hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]}
+
+
+def keep_threshold(real_ppls: Sequence[float], verifier: VerifierConfig) -> float:
+    """The largest perplexity a synthetic example may have: `max_ppl`, or the `quantile` of the real ones."""
+    if verifier.max_ppl is not None:
+        return float(verifier.max_ppl)
+    finite = np.asarray([p for p in real_ppls if np.isfinite(p)], dtype=np.float64)
+    if finite.size == 0:
+        raise MixerError("data.filters.verifier: no real example could be scored to set the threshold")
+    return float(np.quantile(finite, verifier.quantile))
+
+
+class Verifier:
+    """A loaded reference model that scores token-id sequences (ids of the run's tokenizer)."""
+
+    def __init__(self, verifier: VerifierConfig, name: str, run_tokenizer: Any, progress: bool | None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from data_mixers.tokenizer import tokenizer_fingerprint
+
+        self.config, self.name, self.run_tokenizer, self.progress = verifier, name, run_tokenizer, progress
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=verifier.trust_remote_code)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                name,
+                dtype=torch.bfloat16 if self.device == "cuda" else torch.float32,
+                trust_remote_code=verifier.trust_remote_code,
+            )
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MixerError(f"data.filters.verifier.model: cannot load {name!r}: {first}") from err
+        self.model.to(self.device).eval()
+        # Ids of the run's tokenizer are scored as they are when the verifier reads them alike; otherwise the
+        # text is decoded and encoded again with the verifier's own tokenizer.
+        same = tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(run_tokenizer)
+        self.tokenizer = None if same else tokenizer
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    def perplexities(self, examples: list[np.ndarray], desc: str) -> np.ndarray:
+        """exp(mean NLL) of each example's first `max_tokens` tokens (inf for fewer than two tokens)."""
+        import torch
+        from tqdm.auto import tqdm
+
+        rows = [self._ids(ids)[: self.config.max_tokens] for ids in examples]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths batch with little padding
+        result = np.full(len(rows), np.inf)
+        size = self.config.batch_size
+        bar = tqdm(total=len(rows), desc=desc, unit="example", disable=self.progress is False, leave=False)
+        with torch.inference_mode():
+            for start in range(0, len(order), size):
+                chosen = [i for i in order[start : start + size] if len(rows[i]) >= 2]
+                bar.update(min(size, len(order) - start))
+                if not chosen:
+                    continue
+                width = max(len(rows[i]) for i in chosen)
+                ids = torch.full((len(chosen), width), self.pad, dtype=torch.long)
+                mask = torch.zeros((len(chosen), width), dtype=torch.long)
+                for j, i in enumerate(chosen):
+                    ids[j, : len(rows[i])] = torch.as_tensor(rows[i], dtype=torch.long)
+                    mask[j, : len(rows[i])] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+                scored = mask[:, 1:].float()
+                mean = (nll * scored).sum(dim=1) / scored.sum(dim=1)
+                result[chosen] = torch.exp(mean).cpu().double().numpy()
+        bar.close()
+        return result
+
+    def _ids(self, ids: np.ndarray) -> list[int]:
+        if self.tokenizer is None:
+            return [int(t) for t in ids]
+        text = self.run_tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def verify_synthetic(
+    verifier: Verifier, real: list[np.ndarray], synthetic: list[list[np.ndarray]], seed: int = 0
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Which synthetic examples pass (one boolean mask per synthetic source) and what set the bar: the real
+    examples scored (a seeded subset of at most `real_examples`), the threshold and the time taken."""
+    started = time.perf_counter()
+    config = verifier.config
+    chosen = np.random.default_rng(seed).permutation(len(real))[: config.real_examples]
+    real_ppls = verifier.perplexities([real[i] for i in sorted(chosen)], "verifier: real") if len(chosen) else []
+    threshold = keep_threshold(list(real_ppls), config)
+    masks = [verifier.perplexities(examples, "verifier: synthetic") <= threshold for examples in synthetic]
+    scored = np.concatenate(masks) if masks else np.zeros(0, bool)
+    meta = {
+        "model": verifier.name,
+        "threshold": threshold,
+        "rule": f"ppl <= {config.max_ppl}"
+        if config.max_ppl is not None
+        else f"ppl <= quantile {config.quantile:g} of real",
+        "real_from": config.real_from,
+        "real_scored": len(chosen),
+        "real_ppl_median": float(np.median(real_ppls)) if len(chosen) else None,
+        "synthetic_scored": int(scored.size),
+        "kept": int(scored.sum()),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return masks, meta
