@@ -10,6 +10,7 @@ forked RNG and the model is put back in its train/eval modes, so resumed runs st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,15 @@ from trainer.prompts import choose_prompts_from_ids, content_ids, leading_specia
 from trainer.sampling import sample_continuations
 
 PPL_PERCENTILES = (50, 90, 99)
+
+
+@dataclasses.dataclass
+class _Scored:
+    """Continuations scored by the base model: NLL sum and token count of each, and its pooled embedding."""
+
+    nll_sums: list[float]
+    counts: torch.Tensor
+    pooled: torch.Tensor
 
 
 class CollapseMonitor:
@@ -61,6 +71,8 @@ class CollapseMonitor:
         self.reference = self._reference(contents, chosen)
         self.model_reference: dict[str, float] | None = None
         """The real continuations scored by the base model, measured with the baseline."""
+        self.center: torch.Tensor | None = None
+        """The mean embedding of the real continuations, which Vendi scores subtract (set with the baseline)."""
 
     def _reference(self, contents: list[list[int]], chosen: list[tuple[int, list[int]]]) -> dict[str, float]:
         """The sample indicators of the real text itself: what follows each prompt, as long as a sample."""
@@ -83,20 +95,23 @@ class CollapseMonitor:
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         """Every indicator for `model`: held-out perplexity (pooled and its per-text percentiles) and entropy,
         the samples' indicators, and the samples scored by the base model (their perplexity, their Vendi score).
-        The first call also scores the real continuations the same way, for the reference values."""
+        The first call also scores the real continuations the same way: the reference values, and the center
+        that every later Vendi score subtracts."""
         was_training = model.training
         model.eval()
         try:
             scores = self._score_held_out(model)
             samples = sample_continuations(model, self.tokenizer, self.prompts, self.config.sampling)
             model.eval()
-            scored = self._score_samples(model, list(zip(self.prompts, samples, strict=True)))
             if self.model_reference is None:
-                self.model_reference = self._score_samples(model, self.real_continuations)
+                real = self._embed(model, self.real_continuations)
+                self.center = real.pooled[real.counts > 0].mean(dim=0)
+                self.model_reference = self._model_scored(real, isinstance(model, PeftModel))
                 self.reference.update(self.model_reference)
+            scored = self._embed(model, list(zip(self.prompts, samples, strict=True)))
         finally:
             model.train(was_training)
-        return {**scores, **self._indicators(samples), **scored}
+        return {**scores, **self._indicators(samples), **self._model_scored(scored, isinstance(model, PeftModel))}
 
     def _score_held_out(self, model: torch.nn.Module) -> dict[str, float]:
         nll_sums, counts, entropy_sum = [], [], 0.0
@@ -112,29 +127,30 @@ class CollapseMonitor:
             "next_token_entropy": entropy_sum / max(tokens, 1),
         }
 
-    def _score_samples(self, model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
-        """Each continuation scored after its prompt by the base model (the adapter disabled): its perplexity,
-        and its mean-pooled last hidden state, whose Vendi score measures how many distinct things the samples
-        say. The base model embeds every eval's samples, so the Vendi scores of a run are comparable; without
-        an adapter (full training) there is no base model left: the current model embeds, and the base
-        perplexity is not measured."""
+    def _embed(self, model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]]) -> _Scored:
+        """Each continuation scored after its prompt by the base model (the adapter disabled): its NLL, and its
+        mean-pooled last hidden state. The base model embeds every eval's samples, so the Vendi scores of a run
+        are comparable; without an adapter (full training) no base model is left: the current model embeds."""
         rows = [prompt + continuation for prompt, continuation in pairs]
         starts = [len(prompt) for prompt, _ in pairs]
-        has_adapter = isinstance(model, PeftModel)
         nll_sums, counts, pooled = [], [], []
-        with model.disable_adapter() if has_adapter else contextlib.nullcontext():
+        with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
             for nll, targets, _, hidden in self._forward(model, rows, starts, hidden=True):
                 nll_sums += (nll * targets).sum(dim=1).tolist()
                 counts += targets.sum(dim=1).tolist()
                 # Hidden state at position t read token t; targets[:, t-1] marks continuation token t.
                 keep = torch.nn.functional.pad(targets, (1, 0)).unsqueeze(-1).to(hidden.dtype)
                 pooled.append((hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1))
-        values = {"vendi_score": vendi_score(torch.cat(pooled).float().cpu())}
-        if has_adapter:
-            ppls = per_example_perplexity(nll_sums, counts)
-            quantiles = perplexity_quantiles(nll_sums, counts, (90,))
+        return _Scored(nll_sums, torch.tensor(counts), torch.cat(pooled).float().cpu())
+
+    def _model_scored(self, scored: _Scored, base_is_separate: bool) -> dict[str, float]:
+        """vendi_score of the non-empty continuations around the fixed center; with an adapter, also the base
+        model's perplexity of each continuation (mean and p90)."""
+        values = {"vendi_score": vendi_score(scored.pooled[scored.counts > 0], self.center)}
+        if base_is_separate:
+            ppls = per_example_perplexity(scored.nll_sums, scored.counts.tolist())
             values["sample_base_ppl_mean"] = float(np.mean(ppls)) if ppls else math.nan
-            values["sample_base_ppl_p90"] = quantiles[90]
+            values["sample_base_ppl_p90"] = perplexity_quantiles(scored.nll_sums, scored.counts.tolist(), (90,))[90]
         return values
 
     def _forward(
@@ -207,12 +223,14 @@ class CollapseMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         """The baseline, which alerts after a resume are measured against, and the model-scored reference."""
-        return {"baseline": self.baseline, "model_reference": self.model_reference}
+        center = None if self.center is None else self.center.tolist()
+        return {"baseline": self.baseline, "model_reference": self.model_reference, "center": center}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the baseline and the model-scored reference values."""
         self.baseline = state.get("baseline")
         self.model_reference = state.get("model_reference")
+        self.center = None if state.get("center") is None else torch.tensor(state["center"], dtype=torch.float32)
         if self.model_reference is not None:
             self.reference.update(self.model_reference)
 

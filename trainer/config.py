@@ -36,8 +36,10 @@ INDICATOR_DIRECTION: dict[str, int] = {
     "tail_mass": +1,
     "js_divergence": -1,
     "compression_ratio": +1,
-    "sample_base_ppl_mean": -1,
-    "sample_base_ppl_p90": -1,
+    # Drift either way: samples grow over-typical (lower; what the replace loop shows here) or wander where the
+    # base model finds text unlikely (higher).
+    "sample_base_ppl_mean": 0,
+    "sample_base_ppl_p90": 0,
     "vendi_score": +1,
 }
 # Measured on held-out text, not on samples: the real text has no value of its own to compare them with.

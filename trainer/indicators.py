@@ -233,16 +233,20 @@ def perplexity_quantiles(
     return {p: float(v) for p, v in zip(percentiles, values, strict=True)}
 
 
-def vendi_score(embeddings: torch.Tensor) -> float:
+def vendi_score(embeddings: torch.Tensor, center: torch.Tensor | None = None) -> float:
     """The Vendi score (Friedman & Dieng 2023) of n embeddings [n, d] under the cosine-similarity kernel.
 
     exp of the Shannon entropy (nats) of the eigenvalues of K / n, K[i, j] = cos(x_i, x_j): the effective number
-    of distinct items, 1 for n identical vectors and n for n orthogonal ones. Zero vectors are left out (they
-    have no direction); 0.0 when none is left.
+    of distinct items, 1 for n identical vectors and n for n orthogonal ones. `center` [d] is subtracted first:
+    a language model's hidden states share one large common direction (all cosines near 1), and removing a
+    fixed center (the mean embedding of the real text) leaves the directions in which texts differ. Vectors
+    that are zero (after centering) are left out, having no direction; 0.0 when none is left.
     """
     if embeddings.dim() != 2:
         raise ValueError(f"expected embeddings [n, d], got shape {tuple(embeddings.shape)}")
     x = embeddings.detach().double()
+    if center is not None:
+        x = x - center.detach().double()
     norms = x.norm(dim=1)
     x = x[norms > 0] / norms[norms > 0, None]
     if x.shape[0] == 0:

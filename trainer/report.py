@@ -37,8 +37,9 @@ COLLAPSE_SENTENCES: dict[str, str] = {
     "js_divergence": "Rises under collapse: samples drift away from the real token distribution.",
     "compression_ratio": "Falls under collapse: repetitive samples compress better (compressed / raw size shrinks).",
     "next_token_entropy": "Falls under collapse: the model grows over-confident.",
-    "sample_base_ppl_mean": "Rises under collapse: samples drift where the base model finds text unlikely.",
-    "sample_base_ppl_p90": "Rises under collapse: a long tail of samples the base model finds unlikely.",
+    "sample_base_ppl_mean": "Drifts under collapse: samples grow over-typical for the base model (falls) or wander "
+    "where it finds text unlikely (rises).",
+    "sample_base_ppl_p90": "Drifts under collapse: the least likely tenth of the samples, by the base model.",
     "vendi_score": "Falls under collapse: the samples say fewer distinct things (effective count of distinct items).",
 }
 # (collapse direction, sentence): INDICATOR_DIRECTION says which way is healthy, collapse moves the other way.

@@ -506,18 +506,21 @@ def test_samples_are_scored_by_the_base_model_with_the_adapter_disabled(tiny_tok
 
     lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.eval()
-    got = m._score_samples(lora, pairs)
+    m.center = torch.linspace(-1, 1, pooled[0].numel())
+    got = m._model_scored(m._embed(lora, pairs), base_is_separate=True)
     assert got["sample_base_ppl_mean"] == pytest.approx(sum(expected_ppl) / 3, rel=1e-4)
     ordered = sorted(expected_ppl)
     assert got["sample_base_ppl_p90"] == pytest.approx(ordered[1] + 0.8 * (ordered[2] - ordered[1]), rel=1e-4)
-    assert got["vendi_score"] == pytest.approx(vendi_score(torch.stack(pooled)), rel=1e-4)  # the empty one left out
+    expected_vendi = vendi_score(torch.stack(pooled), m.center)  # the empty continuation left out
+    assert got["vendi_score"] == pytest.approx(expected_vendi, rel=1e-4)
     with torch.no_grad():
         ids = torch.tensor([pairs[0][0] + pairs[0][1]])
         with lora.disable_adapter():
             without = lora(input_ids=ids).logits
         assert not torch.allclose(lora(input_ids=ids).logits, without)
     # Without an adapter (full training) there is no base model left: only the Vendi score, of the model itself.
-    assert set(m._score_samples(tiny_model(tiny_tokenizer), pairs)) == {"vendi_score"}
+    plain = tiny_model(tiny_tokenizer)
+    assert set(m._model_scored(m._embed(plain, pairs), base_is_separate=False)) == {"vendi_score"}
 
 
 def test_the_reference_holds_the_real_continuations_scored_by_the_base_model(reference) -> None:
@@ -526,4 +529,5 @@ def test_the_reference_holds_the_real_continuations_scored_by_the_base_model(ref
     for name in ("sample_base_ppl_mean", "sample_base_ppl_p90", "vendi_score"):
         assert math.isfinite(ref[name]) and math.isfinite(baseline[name])
     assert ref["vendi_score"] != baseline["vendi_score"]  # real text and the model's samples, not one thing twice
+    assert 0 <= ref["vendi_score"] <= len(reference.run.monitor.real_continuations)
     assert baseline["real_ppl_p50"] <= baseline["real_ppl_p90"] <= baseline["real_ppl_p99"]

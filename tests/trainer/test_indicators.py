@@ -399,6 +399,14 @@ def test_vendi_score_counts_distinct_directions():
     assert vendi_score(pair) == pytest.approx(math.exp(-sum(x * math.log(x) for x in lam)))
 
 
+def test_vendi_score_subtracts_the_center_first():
+    common = torch.tensor([[5.0, 1.0, 0.0], [5.0, 0.0, 1.0]])  # one large shared direction: cosine 25/26
+    lam = [(1 + 25 / 26) / 2, (1 - 25 / 26) / 2]
+    assert vendi_score(common) == pytest.approx(math.exp(-sum(x * math.log(x) for x in lam)))
+    assert vendi_score(common, center=torch.tensor([5.0, 0.0, 0.0])) == pytest.approx(2.0)  # orthogonal once centered
+    assert vendi_score(common, center=common[0]) == pytest.approx(1.0)  # the first is the center: no direction left
+
+
 def test_vendi_score_leaves_out_zero_vectors_and_rejects_bad_shapes():
     assert vendi_score(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])) == pytest.approx(2.0)
     assert vendi_score(torch.zeros(2, 3)) == 0.0
