@@ -4,6 +4,7 @@
     synthmix inspect   --config CONFIG [--json] [--dump FILE] [--rows FILE] [--epochs N] [--section.key VALUE ...]
     synthmix report    RUN_DIR [RUN_DIR ...] [--out FILE]
     synthmix recursive --config CONFIG --strategy replace|accumulate|fixed_real|adaptive [--generations G] ...
+    synthmix sweep     --config CONFIG --ratios 0,0.25,0.5 [--seeds 0,1,2] [--steps N] [--run-dir DIR] [--jobs J]
     synthmix generate  --model MODEL --prompts FILE [--n N] [--out FILE] [sampling flags]
     synthmix demo      [--samples N] [--cache-dir DIR] [--section.key VALUE ...]
 
@@ -241,6 +242,65 @@ def _recursive(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"generations: {run_experiment(experiment) / SUMMARY}")
 
 
+# ---------------------------------------------------------------------------------------------- sweep
+def _floats(flag: str, text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag}: comma-separated numbers expected, got {text!r}") from None
+
+
+def _tolerances(items: list[str]) -> dict[str, float]:
+    from trainer.sweep import DEFAULT_TOLERANCES
+
+    if not items:
+        return dict(DEFAULT_TOLERANCES)
+    tolerances = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            tolerances[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--tolerance: INDICATOR=FRACTION expected (e.g. real_ppl=0.05), got {item!r}") from None
+    return tolerances
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config(parser)
+    parser.add_argument("--ratios", required=True, help="synthetic ratios to train at, comma-separated; include 0")
+    parser.add_argument("--seeds", default="0", help="seeds per ratio, comma-separated (default: 0)")
+    parser.add_argument("--steps", type=int, help="optimizer steps of every run (default: what ratio 0 plans)")
+    parser.add_argument("--run-dir", type=Path, help="where the runs go (default: OUTPUT_DIR/sweep)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one process and torch thread each")
+    parser.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="INDICATOR=FRACTION",
+        help="allowed change vs ratio 0 the way collapse moves it; repeat for each indicator (replaces the "
+        "defaults real_ppl=0.05 distinct_2=0.05 tail_mass=0.1)",
+    )
+
+
+def _sweep(args: argparse.Namespace, overrides: list[str]) -> None:
+    config = _load(args.config, overrides)
+    from trainer.sweep import Sweep, run_sweep
+
+    seeds = [int(s) for s in _floats("--seeds", args.seeds)]
+    sweep = Sweep(
+        config=config,
+        run_dir=args.run_dir or Path(config.output_dir) / "sweep",
+        ratios=_floats("--ratios", args.ratios),
+        seeds=seeds,
+        steps=args.steps,
+        tolerances=_tolerances(args.tolerance),
+        jobs=args.jobs,
+    )
+    result = run_sweep(sweep)
+    print(result["message"])
+    print(f"verdict: {sweep.run_dir / 'verdict.json'}\npage:    {sweep.run_dir / 'sweep.html'}")
+
+
 # ---------------------------------------------------------------------------------------------- generate
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="hub name or local folder of a causal LM")
@@ -316,6 +376,12 @@ COMMANDS: dict[str, Command] = {
     "report": Command("write the HTML report of one run, or compare several", _report_arguments, _report, False),
     "recursive": Command(
         "the self-consuming loop: generations trained on their own output", _recursive_arguments, _recursive, True
+    ),
+    "sweep": Command(
+        "how much synthetic data is safe: train per ratio and seed at equal steps, and the verdict",
+        _sweep_arguments,
+        _sweep,
+        True,
     ),
     "generate": Command(
         "sample a synthetic corpus from a model, with provenance", _generate_arguments, _generate, False

@@ -119,3 +119,35 @@ def generation_plot(name: str, runs: list[RunRecord]) -> bytes:
             ax.plot(*_xy(rows, "generation", name), style, color=color, lw=1.4, ms=3.5, label=label)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def sweep_ratio_plot(name: str, by_ratio: dict[float, list[float]], tolerance: float | None, direction: int) -> bytes:
+    """An indicator's final value against the synthetic ratio: mean over seeds, min-max band, and the region
+    that the verdict's tolerance allows around the ratio-0 mean (shaded)."""
+    fig, ax = _figure(name, "synthetic ratio")
+    ratios = sorted(by_ratio)
+    values = [[v for v in by_ratio[r] if num(v) is not None] for r in ratios]
+    kept = [(r, v) for r, v in zip(ratios, values) if v]
+    if not kept:
+        return _png(fig)
+    xs = [r for r, _ in kept]
+    ax.fill_between(xs, [min(v) for _, v in kept], [max(v) for _, v in kept], color=PALETTE[0], alpha=0.2, lw=0)
+    ax.plot(xs, [sum(v) / len(v) for _, v in kept], "-o", color=PALETTE[0], lw=1.6, ms=3.5)
+    if tolerance is not None and kept[0][0] == 0:
+        anchor = sum(kept[0][1]) / len(kept[0][1])
+        low = anchor * (1 - tolerance) if direction >= 0 else -float("inf")
+        high = anchor * (1 + tolerance) if direction <= 0 else float("inf")
+        ax.axhline(anchor, color="black", ls=":", lw=1.2)
+        bottom, top = ax.get_ylim()
+        ax.axhspan(max(low, min(bottom, anchor)), min(high, max(top, anchor)), color="#2ca02c", alpha=0.12, lw=0)
+        ax.set_ylim(bottom, top)
+    return _png(fig)
+
+
+def sweep_overlay_plot(name: str, runs: list[tuple[float, RunRecord]]) -> bytes:
+    """Every run's evals of an indicator against the step, one color per ratio (its seeds share it)."""
+    fig, ax = _figure(name, "step")
+    colors = {ratio: color for ratio, color in zip(sorted({r for r, _ in runs}), itertools.cycle(PALETTE))}
+    for ratio, run in runs:
+        ax.plot(*_xy(run.evals, "step", name), "-", color=colors[ratio], lw=1.1, alpha=0.85)
+    return _png(fig)

@@ -1,0 +1,276 @@
+"""`synthmix sweep`: how much synthetic data is safe for this model and this data?
+
+    synthmix sweep --config CONFIG --ratios 0,0.25,0.5,0.75,0.9 [--seeds 0,1,2] [--steps N] [--run-dir DIR]
+                   [--jobs J] [--tolerance real_ppl=0.05 ...] [--section.key VALUE ...]
+
+One training per (ratio, seed), from the same base model and the same held-out text, all at the same number of
+optimizer steps (by default what the ratio-0 run plans): a higher ratio makes longer epochs, and comparing at
+equal epochs would compare more training with less. Each run's last step is evaluated by the collapse hook.
+The verdict compares, ratio by ratio from the lowest, the mean over seeds of each toleranced indicator with
+the ratio-0 runs' mean: the safe ratio is the largest one below the first ratio where an indicator moves the
+way collapse moves it by more than its tolerance.
+
+RUN_DIR/ratio-R-seed-S is a plain run folder: a finished run is skipped when the sweep runs again, an
+unfinished one resumes from its latest checkpoint. RUN_DIR/sweep.jsonl holds every run's final eval,
+RUN_DIR/verdict.json the verdict, RUN_DIR/sweep.html the page (indicators against the ratio, runs overlaid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthmix.errors import ConfigError
+from synthmix.files import write_text
+from trainer.config import INDICATOR_DIRECTION, RunConfig, validate
+from trainer.run_log import METRICS, read_events
+
+SWEEP_FILE = "sweep.jsonl"
+VERDICT_FILE = "verdict.json"
+DEFAULT_TOLERANCES: dict[str, float] = {"real_ppl": 0.05, "distinct_2": 0.05, "tail_mass": 0.10}
+"""Relative change from the ratio-0 runs, in the direction collapse moves each indicator, that is still safe:
+held-out perplexity 5% higher, 5% fewer distinct token pairs in the samples, 10% less of the rare tail."""
+
+
+@dataclasses.dataclass
+class Sweep:
+    """One sweep: the config every run starts from, the grid, the budget and the verdict's tolerances."""
+
+    config: RunConfig
+    run_dir: Path
+    ratios: list[float]
+    seeds: list[int]
+    steps: int | None = None
+    """Optimizer steps of every run; None: what the ratio-0 run plans."""
+    tolerances: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    jobs: int = 1
+    """Runs trained side by side, each in its own process with one torch thread."""
+
+
+def check_sweep(sweep: Sweep) -> None:
+    """The grid and the tolerances make sense before anything trains."""
+    if 0.0 not in sweep.ratios:
+        raise ConfigError("--ratios: include 0, the real-only run every other ratio is compared with")
+    if len(set(sweep.ratios)) != len(sweep.ratios) or any(not 0 <= r < 1 for r in sweep.ratios):
+        raise ConfigError(f"--ratios: distinct values in [0, 1) expected, got {sweep.ratios}")
+    if not sweep.seeds or len(set(sweep.seeds)) != len(sweep.seeds):
+        raise ConfigError(f"--seeds: distinct seeds expected, got {sweep.seeds}")
+    if sweep.steps is not None and sweep.steps < 1:
+        raise ConfigError(f"--steps: must be at least 1, got {sweep.steps}")
+    if sweep.jobs < 1:
+        raise ConfigError(f"--jobs: must be at least 1, got {sweep.jobs}")
+    for name, tolerance in sweep.tolerances.items():
+        if name not in INDICATOR_DIRECTION:
+            raise ConfigError(f"--tolerance: unknown indicator {name!r} (known: {', '.join(INDICATOR_DIRECTION)})")
+        if tolerance <= 0:
+            raise ConfigError(f"--tolerance {name}: must be > 0, got {tolerance}")
+    if not sweep.config.collapse.enabled:
+        raise ConfigError("collapse.enabled: the sweep compares the collapse hook's indicators; turn it on")
+
+
+# ---------------------------------------------------------------------------------------------- the runs
+def run_name(ratio: float, seed: int) -> str:
+    """The folder of one run: ratio-0.25-seed-1."""
+    return f"ratio-{ratio:g}-seed-{seed}"
+
+
+def run_sweep(sweep: Sweep) -> dict[str, Any]:
+    """Train (or continue) every run, then write sweep.jsonl, verdict.json and sweep.html; returns the verdict."""
+    check_sweep(sweep)
+    sweep.run_dir.mkdir(parents=True, exist_ok=True)
+    configs = plan_runs(sweep)
+    todo = [(ratio, seed, c) for (ratio, seed), c in configs.items() if not _finished(Path(c.output_dir))]
+    print(f"sweep: {len(configs)} runs of {sweep.steps} steps each; {len(configs) - len(todo)} already finished")
+    if sweep.jobs == 1:
+        for ratio, seed, config in todo:
+            print(f"[ratio {ratio:g}, seed {seed}] training", flush=True)
+            _train_one(config)
+    else:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter per run: no state shared via fork
+        with ProcessPoolExecutor(max_workers=sweep.jobs, mp_context=context, initializer=_one_thread) as pool:
+            futures = {pool.submit(_train_one, config): (ratio, seed) for ratio, seed, config in todo}
+            for future, (ratio, seed) in futures.items():
+                future.result()  # the first failure raises here, as it would in a single process
+                print(f"[ratio {ratio:g}, seed {seed}] done", flush=True)
+    rows = [final_row(ratio, seed, Path(c.output_dir)) for (ratio, seed), c in configs.items()]
+    write_text(sweep.run_dir / SWEEP_FILE, "".join(json.dumps(row) + "\n" for row in rows))
+    result = {**verdict(rows, sweep.tolerances), "steps": sweep.steps, "seeds": sweep.seeds, "ratios": sweep.ratios}
+    write_text(sweep.run_dir / VERDICT_FILE, json.dumps(result, indent=2) + "\n")
+    from trainer.sweep_report import write_sweep_page
+
+    write_sweep_page(sweep.run_dir, rows, result, [Path(c.output_dir) for c in configs.values()])
+    return result
+
+
+def plan_runs(sweep: Sweep) -> dict[tuple[float, int], RunConfig]:
+    """Every run's config: its ratio (constant), seed, folder and step budget; rules only warn (an action that
+    stopped a run or lowered its ratio would change what the sweep compares). Sets `sweep.steps` when unset.
+    Each ratio's mix is planned here, so a ratio the data cannot give fails before anything trains."""
+    from data_mixers.corpus import build_corpora
+
+    base = sweep.config
+    corpora = build_corpora(base.data, base.tokenizer, progress=False, base_model=base.model.name)
+    if sweep.steps is None:
+        sweep.steps = _planned_steps(_with_ratio(base, 0.0), corpora.train, base.train.epochs)
+    configs = {}
+    single = sweep.jobs == 1  # progress bars of runs side by side would garble each other
+    for ratio in sorted(sweep.ratios):
+        config = _with_ratio(base, ratio)
+        epochs = _epochs_for(config, corpora.train, sweep.steps)
+        for seed in sweep.seeds:
+            rules = [dataclasses.replace(rule, action="warn") for rule in config.collapse.rules]
+            run = dataclasses.replace(
+                config,
+                seed=seed,
+                output_dir=str(sweep.run_dir / run_name(ratio, seed)),
+                train=dataclasses.replace(
+                    config.train, epochs=epochs, max_steps=sweep.steps, progress=config.train.progress and single
+                ),
+                collapse=dataclasses.replace(config.collapse, rules=rules),
+            )
+            validate(run)
+            configs[(ratio, seed)] = run
+    return configs
+
+
+def _with_ratio(config: RunConfig, ratio: float) -> RunConfig:
+    schedule = dataclasses.replace(config.data.schedule, type="constant", start=None, end=None, steps=[])
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, synthetic_ratio=ratio, schedule=schedule))
+
+
+def _planned_steps(config: RunConfig, corpora: list[Any], epochs: int) -> int:
+    from data_mixers.mixer import Mixer
+    from trainer.schedule import steps_in_epoch
+
+    mixer = Mixer(corpora, config.data, config.seed, epochs, seq_len=config.train.seq_len)
+    planned = sum(steps_in_epoch(mixer, e, config) for e in range(1, epochs + 1))
+    return min(planned, config.train.max_steps) if config.train.max_steps is not None else planned
+
+
+def _epochs_for(config: RunConfig, corpora: list[Any], steps: int) -> int:
+    """The fewest epochs whose planned steps reach `steps` at this ratio (max_steps then stops the run there)."""
+    from data_mixers.mixer import Mixer
+    from trainer.schedule import steps_in_epoch
+
+    per_epoch = steps_in_epoch(Mixer(corpora, config.data, config.seed, 1, seq_len=config.train.seq_len), 1, config)
+    epochs = math.ceil(steps / per_epoch)
+    while True:  # epochs can differ by a step or so: count them
+        mixer = Mixer(corpora, config.data, config.seed, epochs, seq_len=config.train.seq_len)
+        if sum(steps_in_epoch(mixer, e, config) for e in range(1, epochs + 1)) >= steps:
+            return epochs
+        epochs += 1
+
+
+def _one_thread() -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def _train_one(config: RunConfig) -> None:
+    from trainer.loop import train
+
+    folder = Path(config.output_dir)
+    train(config, resume="latest" if (folder / "checkpoints").is_dir() else None)
+
+
+def _finished(folder: Path) -> bool:
+    return any(e.get("event") == "end" for e in read_events(folder / METRICS))
+
+
+def final_row(ratio: float, seed: int, folder: Path) -> dict[str, Any]:
+    """One line of sweep.jsonl: the run's last eval (every indicator), its step and how it ended."""
+    events = read_events(folder / METRICS)
+    evals = [e for e in events if e.get("event") == "eval"]
+    end = next((e for e in reversed(events) if e.get("event") == "end"), {})
+    last = evals[-1] if evals else {}
+    indicators = {k: v for k, v in last.items() if k in INDICATOR_DIRECTION}
+    return {"ratio": ratio, "seed": seed, "step": last.get("step"), "status": end.get("status"), "run": str(folder),
+            **indicators}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- the verdict
+def relative_change(value: float, anchor: float) -> float:
+    """(value - anchor) / |anchor|; the absolute change from an anchor of 0; inf for a non-finite value."""
+    if not math.isfinite(value):
+        return math.inf
+    return (value - anchor) / abs(anchor) if anchor != 0 else value - anchor
+
+
+def breaks_tolerance(name: str, change: float, tolerance: float) -> bool:
+    """Whether `change` moves `name` the way collapse moves it by more than `tolerance` (either way for an
+    indicator without a healthy direction)."""
+    direction = INDICATOR_DIRECTION[name]
+    if math.isinf(change):
+        return True
+    if direction > 0:
+        return change < -tolerance
+    if direction < 0:
+        return change > tolerance
+    return abs(change) > tolerance
+
+
+def verdict(rows: list[dict[str, Any]], tolerances: dict[str, float]) -> dict[str, Any]:
+    """The largest safe ratio from the runs' final evals (one row per run: ratio, seed, indicators).
+
+    Each ratio's value of an indicator is its mean over seeds; its change is relative to the ratio-0 mean.
+    Ratios are tried from the lowest: the first one where a toleranced indicator breaks its tolerance ends the
+    search, and the safe ratio is the ratio before it (null when that is 0: no ratio is safe). `limited_by`
+    names the indicator that broke its tolerance by the largest multiple of it at that first unsafe ratio.
+    """
+    ratios = sorted({row["ratio"] for row in rows})
+    if not ratios or ratios[0] != 0:
+        raise ConfigError("the sweep's runs need ratio 0, the real-only anchor")
+    per_ratio = {r: _summary([row for row in rows if row["ratio"] == r], tolerances) for r in ratios}
+    anchor = per_ratio[0.0]
+    safe: float | None = None
+    limited_by = None
+    for ratio in ratios[1:]:
+        broken = []
+        for name, tolerance in tolerances.items():
+            change = relative_change(per_ratio[ratio][name]["mean"], anchor[name]["mean"])
+            per_ratio[ratio][name]["change"] = change
+            if breaks_tolerance(name, change, tolerance):
+                broken.append({"indicator": name, "ratio": ratio, "change": change, "tolerance": tolerance})
+        if broken:
+            limited_by = max(broken, key=lambda b: abs(b["change"]) / b["tolerance"])
+            break
+        safe = ratio
+    message = _message(safe, limited_by, ratios)
+    table = {f"{r:g}": values for r, values in per_ratio.items()}
+    return {"safe_ratio": safe, "limited_by": limited_by, "tolerances": tolerances, "message": message,
+            "per_ratio": table}  # fmt: skip
+
+
+def _summary(rows: list[dict[str, Any]], tolerances: dict[str, float]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name in tolerances:
+        values = [row.get(name) for row in rows]
+        if any(v is None for v in values):
+            missing = next(row for row in rows if row.get(name) is None)
+            raise ConfigError(
+                f"--tolerance {name}: run {missing['run']} has no {name} in its final eval (an indicator the hook "
+                "measures is needed)"
+            )
+        array = np.asarray(values, dtype=float)
+        out[name] = {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max())}
+    return out
+
+
+def _message(safe: float | None, limited_by: dict[str, Any] | None, ratios: list[float]) -> str:
+    if limited_by is None:
+        return f"every ratio tried is safe: up to {ratios[-1]:g}, no indicator moved past its tolerance"
+    moved = f"{limited_by['indicator']} {limited_by['change'] * 100:+.1f}% (tolerance {limited_by['tolerance']:.0%})"
+    at = f"at ratio {limited_by['ratio']:g}"
+    if safe is None:
+        return f"no ratio is safe: {moved} {at}, the lowest ratio tried above 0"
+    return f"safe ratio: {safe:g} ({moved} {at})"
