@@ -269,8 +269,10 @@ def _summary(rows: list[dict[str, Any]], tolerances: dict[str, float]) -> dict[s
 def _message(safe: float | None, limited_by: dict[str, Any] | None, ratios: list[float]) -> str:
     if limited_by is None:
         return f"every ratio tried is safe: up to {ratios[-1]:g}, no indicator moved past its tolerance"
-    moved = f"{limited_by['indicator']} {limited_by['change'] * 100:+.1f}% (tolerance {limited_by['tolerance']:.0%})"
-    at = f"at ratio {limited_by['ratio']:g}"
+    moved = (
+        f"at ratio {limited_by['ratio']:g} {limited_by['indicator']} moved {limited_by['change'] * 100:+.1f}% "
+        f"from ratio 0 (tolerance {limited_by['tolerance']:.0%})"
+    )
     if safe is None:
-        return f"no ratio is safe: {moved} {at}, the lowest ratio tried above 0"
-    return f"safe ratio: {safe:g} ({moved} {at})"
+        return f"no ratio is safe: {moved}, the lowest ratio tried above 0"
+    return f"safe ratio: {safe:g}; {moved}"

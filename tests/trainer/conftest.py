@@ -82,6 +82,12 @@ def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tokenizer-cache")
 
 
+@pytest.fixture(scope="session")
+def write_tiny_config(token_cache: Path, tiny_arch: Mapping[str, Any]) -> Callable[..., Path]:
+    """`write_tiny_config(folder, changes=None)`: the tiny config written into any folder (for module fixtures)."""
+    return lambda folder, changes=None: write_config(folder, token_cache, tiny_arch, changes)
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, token_cache: Path, tiny_arch: Mapping[str, Any]) -> Callable[..., Path]:
     """Write the tiny config (with changes) into tmp_path and return its path."""
