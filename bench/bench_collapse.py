@@ -12,9 +12,11 @@ every N steps counts as training). The step-0 eval (the baseline) is listed apar
 Torch runs on one thread unless `--threads` says otherwise: on a shared or busy CPU, several threads per process
 make small matrix products (and so sampling, one token at a time) tens of times slower and the numbers noise.
 
-The hook's parts are timed by wrapping them in this process: held-out scoring (`_score_held_out`), sampling
-(`sample_continuations`), the sample indicators (`_indicators`, self_bleu among them) and the report that is
-rewritten after each eval (`trainer.loop._write_report`), which the eval's `seconds` does not include.
+The hook's parts are timed by wrapping them in this process: held-out scoring (`_score_held_out`, with the
+per-text perplexity percentiles), sampling (`sample_continuations`), the sample indicators (`_indicators`,
+self_bleu among them), the samples scored by the base model (`_embed`: its perplexity and hidden states; at
+step 0 also the real continuations) with the Vendi score (`_model_scored`), and the report that is rewritten
+after each eval (`trainer.loop._write_report`), which the eval's `seconds` does not include.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class HookClock:
         monitor.measure = self._measure(monitor.measure)
         monitor._score_held_out = self._part("held_out", monitor._score_held_out)
         monitor._indicators = self._part("indicators", monitor._indicators)
+        # The tail indicators: samples (and, once, the real continuations) scored by the base model.
+        monitor._embed = self._part("base_scoring", monitor._embed)
+        monitor._model_scored = self._part("vendi", monitor._model_scored)
         collapse.sample_continuations = self._part("sampling", collapse.sample_continuations)
         indicators.self_bleu = self._part("self_bleu", indicators.self_bleu)  # computed once per eval
         if hasattr(loop, "_write_report"):
@@ -136,8 +141,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
     lines = [
         "| epoch | steps | training s | eval s | held-out scoring s | sampling s | indicators s (self_bleu) "
-        "| report s | eval / training | eval + report / training |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| base-model scoring s (Vendi) | report s | eval / training | eval + report / training |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         train_s = r.get("train_s")
@@ -145,7 +150,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         with_report = f"{100 * (r['eval_s'] + (r['report_s'] or 0)) / train_s:.1f}%" if train_s else "—"
         lines.append(
             f"| {r['epoch']} | {r.get('steps', '—')} | {s(train_s)} | {s(r['eval_s'])} | {s(r.get('held_out'))} "
-            f"| {s(r.get('sampling'))} | {s(r.get('indicators'))} ({s(r.get('self_bleu'))}) | {s(r['report_s'])} "
+            f"| {s(r.get('sampling'))} | {s(r.get('indicators'))} ({s(r.get('self_bleu'))}) "
+            f"| {s(r.get('base_scoring'))} ({s(r.get('vendi'))}) | {s(r['report_s'])} "
             f"| {share} | {with_report} |"
         )
     return "\n".join(lines)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None, prog: str = "synthmix") -> int:
     if rest and not args.overrides:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        _quiet_libraries()
+        quiet_libraries()
         handler(args, rest)
     except UserError as err:
         if args.debug:
@@ -64,9 +64,14 @@ def _one_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """What every job (and every process a job starts) prints of the libraries: errors, not their chatter."""
+    import logging
+
     from transformers.utils import logging as hf_logging
 
+    # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package is missing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint; ours say what runs
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")

@@ -27,6 +27,7 @@ from data_mixers.mixer import Mixer
 from synthmix.files import atomic_folder, write_text
 from synthmix.schema import to_dict
 from trainer.attention import AttentionChoice, attention_inputs, choose_attention
+from trainer.cards import CARD, model_card
 from trainer.checkpoint import JSON, Checkpointer, Part, RngState
 from trainer.collapse import CollapseMonitor
 from trainer.config import RunConfig, validate
@@ -44,7 +45,7 @@ from trainer.loss import LossChoice, choose_loss, model_kwargs, per_token_nll
 from trainer.model import add_lora, build_model, check_positions, merged_copy, resolve_dtype
 from trainer.packing import PackedBatch, pack_rows
 from trainer.preemption import Preempted, StopSignals
-from trainer.run_log import METRICS, RunLog
+from trainer.run_log import METRICS, RunLog, read_events
 from trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
 from trainer.sharding import full_value, gradient_sync, shard, sharding_for_launch
 from trainer.weights import OptimizerState, TrainableWeights, WeightsCodec, full_model_state
@@ -565,12 +566,15 @@ def _write_outputs(
     run: Run, weights: TrainableWeights, state: dict[str, Any], whole: dict[str, torch.Tensor] | None
 ) -> None:
     folder = run.output_dir / weights.folder_name
+    events = read_events(run.output_dir / METRICS)  # what the model card reports: what the run logged
     with atomic_folder(folder) as tmp:
         weights.save(tmp, state)
+        write_text(tmp / CARD, model_card(events, weights.folder_name))
     if whole is not None:
         with atomic_folder(run.output_dir / "merged") as tmp:
             merged_copy(run.unwrapped, whole, run.config.model.trust_remote_code).save_pretrained(str(tmp))
             run.tokenizer.save_pretrained(str(tmp))
+            write_text(tmp / CARD, model_card(events, "merged"))
     run.log.event(
         "end",
         step=run.progress.step,

@@ -172,8 +172,11 @@ def _epochs_for(config: RunConfig, corpora: list[Any], steps: int) -> int:
 def _one_thread() -> None:
     import torch
 
+    from synthmix.cli import quiet_libraries
+
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+    quiet_libraries()
 
 
 def _train_one(config: RunConfig) -> None:

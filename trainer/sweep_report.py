@@ -18,15 +18,18 @@ PAGE_FILE = "sweep.html"
 
 
 def write_sweep_page(run_dir: Path, rows: list[dict[str, Any]], result: dict[str, Any], runs: list[Path]) -> Path:
-    """RUN_DIR/sweep.html, self-contained (plots embedded as PNG)."""
+    """RUN_DIR/sweep.html, self-contained (plots embedded as PNG); the against-the-ratio plots also go to
+    RUN_DIR/plots/ratio_<indicator>.png."""
     tolerances = result["tolerances"]
     names = [n for n in INDICATOR_DIRECTION if any(num(r.get(n)) is not None for r in rows)]
     names = [n for n in tolerances if n in names] + [n for n in names if n not in tolerances]
     ratios = sorted({r["ratio"] for r in rows})
     cards = []
+    (run_dir / "plots").mkdir(exist_ok=True)
     for name in names:
         by_ratio = {ratio: [r.get(name) for r in rows if r["ratio"] == ratio] for ratio in ratios}
         png = sweep_ratio_plot(name, by_ratio, tolerances.get(name), INDICATOR_DIRECTION[name])
+        (run_dir / "plots" / f"ratio_{name}.png").write_bytes(png)
         note = f"tolerance {tolerances[name]:.0%} (shaded)" if name in tolerances else ""
         cards.append(_card(png, name, COLLAPSE_SENTENCES.get(name, ""), note))
     records = [(row["ratio"], load_run(Path(row["run"]))) for row in rows]

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from synthmix.files import atomic_file
+from synthmix.files import atomic_file, write_text
+from trainer.cards import data_card, data_card_path
 from trainer.prompts import choose_prompts
 from trainer.sampling import SamplingConfig, sample_continuations
 
@@ -27,7 +28,8 @@ def generate_corpus(
     """Write `n` samples (prompt + continuation) to JSONL with their provenance; returns the lines written.
 
     Prompts are drawn with `sampling.seed`. The file appears only when complete: it is written beside
-    `out_path` and renamed into place.
+    `out_path` and renamed into place; its data card (generator, prompts, sampling, count, date) goes beside it
+    as `NAME.card.md`.
     """
     chosen = choose_prompts(tokenizer, texts, n, prompt_tokens, sampling.seed)
     prompts = [ids for _, ids in chosen]
@@ -44,4 +46,6 @@ def generate_corpus(
                 "sampling": settings,
             }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    card = data_card(len(chosen), generator_name, prompt_file, prompt_tokens, settings, out_path.name)
+    write_text(data_card_path(out_path), card)
     return len(chosen)

@@ -1,0 +1,177 @@
+"""Model cards and data cards in the Hugging Face format (a YAML header, then Markdown).
+
+`model_card(events)` is a pure function of a run's metrics.jsonl events (the config event's sources, the epoch
+events' ratios, the eval events' indicators, the alerts), so the card says exactly what the run logged.
+`data_card(...)` describes a synthetic corpus written by `synthmix generate`: generator, prompts, sampling,
+count and date.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.config import INDICATOR_DIRECTION
+
+CARD = "README.md"
+TAGS = ["synthmix", "synthetic-data", "model-collapse-monitoring"]
+
+
+def _header(fields: dict[str, Any]) -> str:
+    return "---\n" + yaml.safe_dump({k: v for k, v in fields.items() if v}, sort_keys=False) + "---\n"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def _of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("event") == kind]
+
+
+def model_card(events: list[dict[str, Any]], folder_name: str = "adapter") -> str:
+    """The card of a run's saved weights (`adapter`, `model` or `merged`), from the run's events."""
+    (start,) = _of(events, "config")[:1] or [{}]
+    config = start.get("config", {})
+    model, lora = config.get("model", {}), config.get("lora", {})
+    sources = start.get("sources", [])
+    adapter = folder_name == "adapter"
+    base = model.get("name")
+    datasets = [s["hub"] for s in config.get("data", {}).get("sources", []) if s.get("hub")]
+    header = _header(
+        {
+            "base_model": base,
+            "library_name": "peft" if adapter else "transformers",
+            "pipeline_tag": "text-generation",
+            "tags": TAGS + (["lora"] if adapter else []),
+            "datasets": datasets or [s["name"] for s in sources],
+        }
+    )
+    what = (
+        f"A LoRA adapter (r {lora.get('r')}, alpha {lora.get('alpha')}, on {', '.join(lora.get('target_modules', []))})"
+        if adapter
+        else "A causal language model"
+    )
+    built = base or f"a model built from `model.arch` ({model.get('arch', {}).get('model_type', '?')})"
+    parts = [
+        header,
+        f"# {config.get('output_dir', 'synthmix run')}\n",
+        f"{what} fine-tuned from {built} with synthmix on a mix of real "
+        f"and synthetic text (target synthetic ratio {_fmt(config.get('data', {}).get('synthetic_ratio'))}, "
+        f"counted in {config.get('data', {}).get('unit', 'tokens')}).\n",
+        _sources_section(sources),
+        _ratio_section(_of(events, "epoch")),
+        _indicator_section(_of(events, "eval")),
+        _alerts_section(_of(events, "alert")),
+        _usage(base, adapter),
+    ]
+    return "\n".join(parts)
+
+
+def _sources_section(sources: list[dict[str, Any]]) -> str:
+    lines = [
+        "## Training data\n",
+        "| source | kind | examples | tokens | held out | removed (duplicates, contaminated, filtered, verifier) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for s in sources:
+        removed = ", ".join(str(s.get(k, 0)) for k in ("duplicates", "contaminated", "filtered", "unverified"))
+        lines.append(
+            f"| {s['name']} | {s['kind']} | {s.get('examples', 0):,} | {s.get('tokens', 0):,} | "
+            f"{s.get('held_out', 0):,} | {removed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_section(epochs: list[dict[str, Any]]) -> str:
+    if not epochs:
+        return "## Synthetic ratio per epoch\n\nNo epoch was completed.\n"
+    lines = ["## Synthetic ratio per epoch\n", "| epoch | target | realized | unit |", "|---:|---:|---:|---|"]
+    by_epoch = {e["epoch"]: e for e in epochs}  # a resumed run may log an epoch twice: the last one counts
+    for epoch, e in sorted(by_epoch.items()):
+        lines.append(
+            f"| {epoch} | {_fmt(e.get('target_synthetic_ratio'))} | {_fmt(e.get('realized_synthetic_ratio'))} "
+            f"| {e.get('unit', '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _indicator_section(evals: list[dict[str, Any]]) -> str:
+    if not evals:
+        return "## Collapse indicators\n\nThe collapse hook was off.\n"
+    baseline, final = evals[0], evals[-1]
+    lines = [
+        "## Collapse indicators\n",
+        f"Measured by the collapse hook at step 0 (the baseline) and at step {final.get('step')} (the last eval).\n",
+        "| indicator | baseline | final | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in INDICATOR_DIRECTION:
+        if name not in final:
+            continue
+        before, after = baseline.get(name), final.get(name)
+        change = "—"
+        if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
+            change = f"{100 * (after - before) / abs(before):+.1f}%"
+        lines.append(f"| {name} | {_fmt(before)} | {_fmt(after)} | {change} |")
+    return "\n".join(lines) + "\n"
+
+
+def _alerts_section(alerts: list[dict[str, Any]]) -> str:
+    if not alerts:
+        return "## Alerts\n\nNo collapse rule fired.\n"
+    items = [f"- step {a.get('step')}, {a.get('action')}: {a.get('message')}" for a in alerts]
+    return "## Alerts\n\n" + "\n".join(items) + "\n"
+
+
+def _usage(base: str | None, adapter: bool) -> str:
+    if adapter:
+        code = (
+            "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{base or "BASE_MODEL"}")\n'
+            'model = PeftModel.from_pretrained(base, "PATH/TO/THIS/FOLDER")\n'
+        )
+    else:
+        code = 'from transformers import AutoModelForCausalLM\n\nmodel = AutoModelForCausalLM.from_pretrained("PATH")\n'
+    return f"## How to load\n\n```python\n{code}```\n"
+
+
+def data_card_path(corpus: Path) -> Path:
+    """Where a corpus file's card goes: synthetic.jsonl -> synthetic.card.md, beside it."""
+    return corpus.with_name(corpus.stem + ".card.md")
+
+
+def data_card(
+    count: int, generator: str, prompt_file: str, prompt_tokens: int, sampling: dict[str, Any], corpus_name: str
+) -> str:
+    """The data card of a synthetic corpus written by `synthmix generate`."""
+    header = _header(
+        {
+            "tags": ["synthetic", "synthmix"],
+            "task_categories": ["text-generation"],
+            "size_categories": [_size_category(count)],
+        }
+    )
+    settings = "\n".join(f"| {k} | {v} |" for k, v in sampling.items())
+    return (
+        f"{header}\n# {corpus_name}\n\nA synthetic corpus: {count:,} texts, each a prompt of {prompt_tokens} tokens "
+        f"from a real text and the model's continuation, sampled by `synthmix generate` on "
+        f"{datetime.date.today().isoformat()}. Every line of the JSONL file repeats its provenance (generator, "
+        f"prompt file and index, sampling settings).\n\n"
+        f"- **generator**: {generator}\n- **prompts**: {prompt_file} (the first {prompt_tokens} tokens of texts "
+        f"drawn by a seeded shuffle)\n- **count**: {count:,}\n\n## Sampling\n\n| setting | value |\n|---|---|\n"
+        f"{settings}\n\nUse it as a `kind: synthetic` source of a synthmix config; it is model-generated text, "
+        "not human-written.\n"
+    )
+
+
+def _size_category(count: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if count < limit:
+            return name
+    return "n>1M"
