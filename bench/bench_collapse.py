@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 import trainer.collapse as collapse  # noqa: E402
+import trainer.evaluation as evaluation  # noqa: E402
 import trainer.indicators as indicators  # noqa: E402
 import trainer.loop as loop  # noqa: E402
 from trainer.config import RunConfig, load_config  # noqa: E402
@@ -80,8 +81,9 @@ class HookClock:
         monitor._model_scored = self._part("vendi", monitor._model_scored)
         collapse.sample_continuations = self._part("sampling", collapse.sample_continuations)
         indicators.self_bleu = self._part("self_bleu", indicators.self_bleu)  # computed once per eval
-        if hasattr(loop, "_write_report"):
-            loop._write_report = self._report(loop._write_report)
+        # The report is rewritten after each eval (evaluation) and once more at the end (loop).
+        evaluation.write_run_report = self._report(evaluation.write_run_report)
+        loop.write_run_report = evaluation.write_run_report
 
     def _measure(self, fn):
         @functools.wraps(fn)

@@ -3,22 +3,19 @@
 Read top to bottom: set-up (data, model, LoRA, optimizer, schedule), resume, then per step: pack rows,
 forward, token-level loss (normalised by the global number of loss tokens, so gradient accumulation and
 several processes give the same update as one big batch), backward, clip, step, log; at epoch ends: the
-epoch's realized ratio, the collapse hook and its actions, and a checkpoint.
+epoch's realized ratio, the collapse hook and its actions (when the hook runs and what its alerts do:
+`trainer.evaluation`), and a checkpoint. What a run holds is `trainer.run_state`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from data_mixers.config import KINDS
@@ -26,7 +23,7 @@ from data_mixers.corpus import SourceReport, build_corpora
 from data_mixers.mixer import Mixer
 from synthmix.files import atomic_folder, write_text
 from synthmix.schema import to_dict
-from trainer.attention import AttentionChoice, attention_inputs, choose_attention
+from trainer.attention import attention_inputs, choose_attention
 from trainer.cards import CARD, model_card
 from trainer.checkpoint import JSON, Checkpointer, Part, RngState
 from trainer.collapse import CollapseMonitor
@@ -37,88 +34,19 @@ from trainer.distributed import (
     describe,
     first_then_others,
     make_accelerator,
-    max_over_ranks,
     on_main_process,
 )
 from trainer.errors import TrainerError
-from trainer.loss import LossChoice, choose_loss, model_kwargs, per_token_nll
+from trainer.evaluation import apply_actions, eval_due, evaluate, realized_ratio, replan_steps, write_run_report
+from trainer.loss import choose_loss, model_kwargs, per_token_nll
 from trainer.model import add_lora, build_model, check_positions, merged_copy, resolve_dtype
 from trainer.packing import PackedBatch, pack_rows
-from trainer.preemption import Preempted, StopSignals
+from trainer.preemption import Preempted
 from trainer.run_log import METRICS, RunLog, read_events
+from trainer.run_state import Progress, Run
 from trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
 from trainer.sharding import full_value, gradient_sync, shard, sharding_for_launch
 from trainer.weights import OptimizerState, TrainableWeights, WeightsCodec, full_model_state
-
-
-@dataclasses.dataclass
-class Progress:
-    """Where the run stands; saved in every checkpoint as progress.json."""
-
-    step: int = 0
-    epoch: int = 1
-    step_in_epoch: int = 0
-    steps_per_epoch: list[int] = dataclasses.field(default_factory=list)
-    """Optimizer steps of each epoch: as run for past epochs, as planned for the others."""
-    epoch_tokens: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    epoch_examples: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    epoch_capacity: int = 0
-    """Token slots of every row every process trained on this epoch (padding included)."""
-    evaluated_step: int | None = None
-    """The step of the newest collapse eval, so the last step gets one unless it already had it."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain data for progress.json."""
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from progress.json (`evaluated_step` is absent from checkpoints written before it existed)."""
-        for field in dataclasses.fields(self):
-            if field.name in state or field.name != "evaluated_step":
-                setattr(self, field.name, state[field.name])
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything one training run holds, built by `setup` and driven by `fit`."""
-
-    config: RunConfig
-    accelerator: Accelerator
-    output_dir: Path
-    model: Any
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    mixer: Mixer
-    tokenizer: Any
-    held_out: list[np.ndarray]
-    """Token ids of the held-out real examples (what the collapse hook scores)."""
-    log: RunLog
-    checkpointer: Checkpointer
-    compute_dtype: torch.dtype
-    progress: Progress
-    loss: LossChoice
-    attention: AttentionChoice
-    sharding: dict[str, Any] | None = None
-    """How the model is sharded (FSDP2), as the config event records it; None when every process holds it whole."""
-    monitor: CollapseMonitor | None = None
-    stop_reason: str | None = None
-    signals: StopSignals = dataclasses.field(default_factory=StopSignals)
-    preempted: bool = False
-    """A process received a preemption signal: the run stops after this step (every process agrees)."""
-    checkpointed_step: int | None = None
-    """The step of the newest checkpoint, so a run that stops between checkpoints writes a final one."""
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps of the whole run, as planned now (the learning-rate schedule's horizon)."""
-        planned = sum(self.progress.steps_per_epoch)
-        cap = self.config.train.max_steps
-        return min(planned, cap) if cap is not None else planned
-
-    @property
-    def unwrapped(self) -> torch.nn.Module:
-        """The model without its DDP wrapper (what is saved and evaluated)."""
-        return self.accelerator.unwrap_model(self.model)
 
 
 def train(config: RunConfig, resume: str | None = None) -> Path:
@@ -289,26 +217,12 @@ def _resume(run: Run, folder: Path) -> None:
     planned = run.progress.steps_per_epoch[:epochs]
     planned += [steps_in_epoch(run.mixer, e, run.config) for e in range(len(planned) + 1, epochs + 1)]
     run.progress.steps_per_epoch = planned
-    _replan_steps(run)
+    replan_steps(run)
     apply_hyperparameters(run.optimizer, run.scheduler, run.config.train)
     run.checkpointed_step = run.progress.step
     run.log.event(
         "resume", step=restored.step, epoch=run.progress.epoch, checkpoint=str(folder), changed=restored.changed
     )
-
-
-def _replan_steps(run: Run) -> None:
-    """Steps of the epoch under way and of those to come, after a resume or a change of the ratio scale.
-
-    The epoch under way ends when every rank has taken its whole share, however the batch settings changed
-    since it started: its remaining steps are counted from the largest rank's remaining rows.
-    """
-    progress, config = run.progress, run.config
-    for epoch in range(progress.epoch, config.train.epochs + 1):
-        progress.steps_per_epoch[epoch - 1] = steps_in_epoch(run.mixer, epoch, config)
-    if progress.step_in_epoch > 0 and progress.epoch <= config.train.epochs:
-        left = math.ceil(max_over_ranks(run.accelerator, run.mixer.rows_left()) / rows_per_step(config))
-        progress.steps_per_epoch[progress.epoch - 1] = progress.step_in_epoch + left
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -339,8 +253,8 @@ def fit(run: Run) -> None:
                     run.log.event("train", step=progress.step, epoch=progress.epoch, **stats)
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", epoch=progress.epoch)
-                if _eval_due(run):  # before the checkpoint of this step, which then holds its effects
-                    apply_actions(run, evaluate(run, _realized_ratio(run)))
+                if eval_due(run):  # before the checkpoint of this step, which then holds its effects
+                    apply_actions(run, evaluate(run, realized_ratio(run)))
                 every = config.checkpoint.every_steps
                 if every and progress.step % every == 0:
                     save_checkpoint(run)
@@ -352,20 +266,12 @@ def fit(run: Run) -> None:
         bar.close()
         if config.collapse.enabled and progress.evaluated_step != progress.step and not run.preempted:
             # train.max_steps (or a stop rule) ended the run mid-epoch: its final state still gets measured.
-            apply_actions(run, evaluate(run, _realized_ratio(run)))
+            apply_actions(run, evaluate(run, realized_ratio(run)))
         if run.checkpointed_step != progress.step:  # stopped between checkpoints: keep the run continuable
             save_checkpoint(run)
     if run.preempted:
         _end_preempted(run)
     finish(run)
-
-
-def _eval_due(run: Run) -> bool:
-    """`collapse.every_steps` says so, and this is not the epoch's last step (the epoch end evaluates)."""
-    progress, collapse = run.progress, run.config.collapse
-    every = collapse.every_steps
-    epoch_end = progress.step_in_epoch >= progress.steps_per_epoch[progress.epoch - 1]
-    return bool(collapse.enabled and every and progress.step % every == 0 and not epoch_end)
 
 
 def _more_steps(run: Run) -> bool:
@@ -459,7 +365,7 @@ def end_epoch(run: Run) -> None:
     """Log the epoch's realized ratio, run the collapse hook and its actions, checkpoint, next epoch."""
     progress = run.progress
     tokens, examples = progress.epoch_tokens, progress.epoch_examples
-    realized = _realized_ratio(run)
+    realized = realized_ratio(run)
     run.log.event(
         "epoch",
         step=progress.step,
@@ -483,73 +389,6 @@ def end_epoch(run: Run) -> None:
     progress.epoch_capacity = 0
     apply_actions(run, alerts)
     save_checkpoint(run)
-
-
-def _realized_ratio(run: Run) -> float | None:
-    """The synthetic share of what this epoch has trained on so far, in data.unit like the target."""
-    progress = run.progress
-    counted = progress.epoch_tokens if run.config.data.unit == "tokens" else progress.epoch_examples
-    total = counted["real"] + counted["synthetic"]
-    return counted["synthetic"] / total if total else None
-
-
-def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, Any]]:
-    """Measure the collapse indicators (step 0: the baseline and the reference) on the main process, or on every
-    process when the weights are sharded (each forward gathers them from all); every process gets the alerts,
-    so actions apply everywhere."""
-    alerts: list[dict[str, Any]] = []
-    progress, monitor = run.progress, run.monitor
-    if monitor is not None:
-        started = time.perf_counter()
-        values = monitor.measure(run.unwrapped)
-        epoch = progress.epoch if progress.step else 0
-        if monitor.baseline is None:
-            monitor.baseline = values
-            run.log.event("reference", step=0, **monitor.reference)
-        else:
-            alerts = monitor.alerts(values, progress.step, epoch)
-        run.log.event(
-            "eval",
-            step=progress.step,
-            epoch=epoch,
-            **values,
-            realized_synthetic_ratio=realized_ratio,
-            target_synthetic_ratio=run.mixer.target_ratio(max(epoch, 1)),
-            sampling=dataclasses.asdict(run.config.collapse.sampling),
-            seconds=round(time.perf_counter() - started, 3),
-        )
-        progress.evaluated_step = progress.step
-        for alert in alerts:
-            run.log.event("alert", **alert)
-        if run.accelerator.is_main_process:
-            for alert in alerts:
-                print(f"collapse alert: {alert['message']}", flush=True)
-            if run.config.collapse.report:
-                _write_report(run)
-    return broadcast_object_list([alerts])[0]
-
-
-def apply_actions(run: Run, alerts: list[dict[str, Any]]) -> None:
-    """`stop` ends the run after this eval (and a checkpoint); `reduce_ratio` lowers the ratio of later epochs."""
-    actions = {alert["action"] for alert in alerts}
-    if "reduce_ratio" in actions:
-        run.mixer.reduce_ratio(run.config.collapse.reduce_factor)
-        _replan_steps(run)
-        run.log.event(
-            "ratio_reduced",
-            step=run.progress.step,
-            epoch=run.progress.epoch,
-            scale=run.mixer.ratio_scale,
-            next_target=run.mixer.target_ratio(run.progress.epoch),
-        )
-    if "stop" in actions:
-        run.stop_reason = "; ".join(a["message"] for a in alerts if a["action"] == "stop")
-
-
-def _write_report(run: Run) -> None:
-    from trainer.report import write_report
-
-    write_report([run.output_dir])
 
 
 def finish(run: Run) -> None:
@@ -584,4 +423,4 @@ def _write_outputs(
         output=str(folder),
     )
     if run.config.collapse.enabled and run.config.collapse.report:
-        _write_report(run)
+        write_run_report(run)

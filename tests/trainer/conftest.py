@@ -15,8 +15,9 @@ import yaml
 
 from synthmix.schema import apply_overrides, flatten
 from trainer.config import RunConfig, load_config
-from trainer.loop import Run, fit, setup, train
+from trainer.loop import fit, setup, train
 from trainer.run_log import METRICS, read_events
+from trainer.run_state import Run
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = REPO / "data" / "tiny_synthetic.jsonl"

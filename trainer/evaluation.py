@@ -1,0 +1,107 @@
+"""When the collapse hook runs during training, what its alerts do, and the report after it.
+
+The hook evaluates at step 0 (the baseline), at every epoch end, every `collapse.every_steps` steps, and at the
+last step; `apply_actions` turns the alerts into a stop or a lower ratio for the epochs to come.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+from accelerate.utils import broadcast_object_list
+
+from trainer.distributed import max_over_ranks
+from trainer.run_state import Run
+from trainer.schedule import rows_per_step, steps_in_epoch
+
+
+def eval_due(run: Run) -> bool:
+    """`collapse.every_steps` says so, and this is not the epoch's last step (the epoch end evaluates)."""
+    progress, collapse = run.progress, run.config.collapse
+    every = collapse.every_steps
+    epoch_end = progress.step_in_epoch >= progress.steps_per_epoch[progress.epoch - 1]
+    return bool(collapse.enabled and every and progress.step % every == 0 and not epoch_end)
+
+
+def realized_ratio(run: Run) -> float | None:
+    """The synthetic share of what this epoch has trained on so far, in data.unit like the target."""
+    progress = run.progress
+    counted = progress.epoch_tokens if run.config.data.unit == "tokens" else progress.epoch_examples
+    total = counted["real"] + counted["synthetic"]
+    return counted["synthetic"] / total if total else None
+
+
+def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, Any]]:
+    """Measure the collapse indicators (step 0: the baseline and the reference) on the main process, or on every
+    process when the weights are sharded (each forward gathers them from all); every process gets the alerts,
+    so actions apply everywhere."""
+    alerts: list[dict[str, Any]] = []
+    progress, monitor = run.progress, run.monitor
+    if monitor is not None:
+        started = time.perf_counter()
+        values = monitor.measure(run.unwrapped)
+        epoch = progress.epoch if progress.step else 0
+        if monitor.baseline is None:
+            monitor.baseline = values
+            run.log.event("reference", step=0, **monitor.reference)
+        else:
+            alerts = monitor.alerts(values, progress.step, epoch)
+        run.log.event(
+            "eval",
+            step=progress.step,
+            epoch=epoch,
+            **values,
+            realized_synthetic_ratio=realized_ratio,
+            target_synthetic_ratio=run.mixer.target_ratio(max(epoch, 1)),
+            sampling=dataclasses.asdict(run.config.collapse.sampling),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        progress.evaluated_step = progress.step
+        for alert in alerts:
+            run.log.event("alert", **alert)
+        if run.accelerator.is_main_process:
+            for alert in alerts:
+                print(f"collapse alert: {alert['message']}", flush=True)
+            if run.config.collapse.report:
+                write_run_report(run)
+    return broadcast_object_list([alerts])[0]
+
+
+def apply_actions(run: Run, alerts: list[dict[str, Any]]) -> None:
+    """`stop` ends the run after this eval (and a checkpoint); `reduce_ratio` lowers the ratio of later epochs."""
+    actions = {alert["action"] for alert in alerts}
+    if "reduce_ratio" in actions:
+        run.mixer.reduce_ratio(run.config.collapse.reduce_factor)
+        replan_steps(run)
+        run.log.event(
+            "ratio_reduced",
+            step=run.progress.step,
+            epoch=run.progress.epoch,
+            scale=run.mixer.ratio_scale,
+            next_target=run.mixer.target_ratio(run.progress.epoch),
+        )
+    if "stop" in actions:
+        run.stop_reason = "; ".join(a["message"] for a in alerts if a["action"] == "stop")
+
+
+def write_run_report(run: Run) -> None:
+    from trainer.report import write_report
+
+    write_report([run.output_dir])
+
+
+def replan_steps(run: Run) -> None:
+    """Steps of the epoch under way and of those to come, after a resume or a change of the ratio scale.
+
+    The epoch under way ends when every rank has taken its whole share, however the batch settings changed
+    since it started: its remaining steps are counted from the largest rank's remaining rows.
+    """
+    progress, config = run.progress, run.config
+    for epoch in range(progress.epoch, config.train.epochs + 1):
+        progress.steps_per_epoch[epoch - 1] = steps_in_epoch(run.mixer, epoch, config)
+    if progress.step_in_epoch > 0 and progress.epoch <= config.train.epochs:
+        left = math.ceil(max_over_ranks(run.accelerator, run.mixer.rows_left()) / rows_per_step(config))
+        progress.steps_per_epoch[progress.epoch - 1] = progress.step_in_epoch + left

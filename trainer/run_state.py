@@ -1,0 +1,92 @@
+"""What one training run holds (`Run`) and where it stands (`Progress`): built by `loop.setup`, driven by
+`loop.fit`, read by the eval hook's scheduling in `evaluation`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from data_mixers.config import KINDS
+from data_mixers.mixer import Mixer
+from trainer.attention import AttentionChoice
+from trainer.checkpoint import Checkpointer
+from trainer.collapse import CollapseMonitor
+from trainer.config import RunConfig
+from trainer.loss import LossChoice
+from trainer.preemption import StopSignals
+from trainer.run_log import RunLog
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint as progress.json."""
+
+    step: int = 0
+    epoch: int = 1
+    step_in_epoch: int = 0
+    steps_per_epoch: list[int] = dataclasses.field(default_factory=list)
+    """Optimizer steps of each epoch: as run for past epochs, as planned for the others."""
+    epoch_tokens: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    epoch_examples: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    epoch_capacity: int = 0
+    """Token slots of every row every process trained on this epoch (padding included)."""
+    evaluated_step: int | None = None
+    """The step of the newest collapse eval, so the last step gets one unless it already had it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data for progress.json."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from progress.json (`evaluated_step` is absent from checkpoints written before it existed)."""
+        for field in dataclasses.fields(self):
+            if field.name in state or field.name != "evaluated_step":
+                setattr(self, field.name, state[field.name])
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one training run holds, built by `setup` and driven by `fit`."""
+
+    config: RunConfig
+    accelerator: Accelerator
+    output_dir: Path
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    mixer: Mixer
+    tokenizer: Any
+    held_out: list[np.ndarray]
+    """Token ids of the held-out real examples (what the collapse hook scores)."""
+    log: RunLog
+    checkpointer: Checkpointer
+    compute_dtype: torch.dtype
+    progress: Progress
+    loss: LossChoice
+    attention: AttentionChoice
+    sharding: dict[str, Any] | None = None
+    """How the model is sharded (FSDP2), as the config event records it; None when every process holds it whole."""
+    monitor: CollapseMonitor | None = None
+    stop_reason: str | None = None
+    signals: StopSignals = dataclasses.field(default_factory=StopSignals)
+    preempted: bool = False
+    """A process received a preemption signal: the run stops after this step (every process agrees)."""
+    checkpointed_step: int | None = None
+    """The step of the newest checkpoint, so a run that stops between checkpoints writes a final one."""
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run, as planned now (the learning-rate schedule's horizon)."""
+        planned = sum(self.progress.steps_per_epoch)
+        cap = self.config.train.max_steps
+        return min(planned, cap) if cap is not None else planned
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        """The model without its DDP wrapper (what is saved and evaluated)."""
+        return self.accelerator.unwrap_model(self.model)
