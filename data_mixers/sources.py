@@ -4,9 +4,9 @@ Every reader yields `(where, record)` pairs: `where` is the record's location as
 (`data/s.jsonl:17`, `data/s.parquet:row 3`) and `record` holds the fields the source needs (or, for plain
 text, the text itself), or a `_Bad` standing in for a malformed record. `SourceStream` checks each record
 once, in one place, and either raises or skips it according to `on_error`, so every format reports problems
-the same way. Readers stream: JSON Lines, CSV and `.txt` folders line by line or file by file, Parquet by
+the same way. Readers stream: JSON Lines, CSV and `.txt` files (and folders of them) line by line, Parquet by
 record batch, `datasets` folders by slice, so a source is never held in memory whole (a single `.json` array
-file and a single `.txt` file are the exceptions: each is read whole).
+file is the exception: it is read whole).
 
 An example is one of three forms, as TRL names them: language modelling (`text_field`: a string),
 conversational (`messages_field`: a list of {role, content}), or prompt-completion (`prompt_field` and
@@ -429,25 +429,31 @@ def _json_cell(cell: str, field: str) -> Any:
 
 
 def _text_records(path: Path, shown: str, reading: _Reading) -> Records:
-    data = path.read_bytes()
-    reading.done += len(data)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        yield f"{shown}:{line}", _Bad("not UTF-8 text")  # skipping drops this one file
-        return
+    """One record per blank-line-separated paragraph, read line by line (only a paragraph is held). A line that
+    is not UTF-8 ends the file: the paragraphs before it are kept, the rest is one malformed record."""
     paragraph: list[str] = []
-    start = 0
-    # Normalise Windows and old-Mac line ends so that "\r\n\r\n" separates paragraphs too.
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    for lineno, line in enumerate(lines + [""], 1):
-        if line.strip():
-            start = start if paragraph else lineno
-            paragraph.append(line)
-        elif paragraph:
-            yield f"{shown}:{start}", _PlainText("\n".join(paragraph).strip())
-            paragraph = []
+    start = lineno = 0
+    with open(path, "rb") as handle:
+        for raw in handle:
+            reading.done += len(raw)
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 0 else "utf-8")
+            except UnicodeDecodeError:
+                if paragraph:
+                    yield f"{shown}:{start}", _PlainText("\n".join(paragraph).strip())
+                yield f"{shown}:{lineno + 1}", _Bad("not UTF-8 text")
+                return
+            # Windows and old-Mac line ends: "\r\n\r\n" and "\r\r" separate paragraphs too.
+            for line in text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n"):
+                lineno += 1
+                if line.strip():
+                    start = start if paragraph else lineno
+                    paragraph.append(line)
+                elif paragraph:
+                    yield f"{shown}:{start}", _PlainText("\n".join(paragraph).strip())
+                    paragraph = []
+    if paragraph:
+        yield f"{shown}:{start}", _PlainText("\n".join(paragraph).strip())
 
 
 def _text_folder_records(path: Path, shown: str, reading: _Reading) -> Records:

@@ -104,27 +104,27 @@ def setup(config: RunConfig, resume: str | None) -> Run:
     else:  # the model stays as sharded: accelerate would wrap it in DDP
         optimizer = accelerator.prepare(optimizer)
     resume_from = checkpointer.find(resume) if resume else None
+    progress = Progress(steps_per_epoch=[steps_in_epoch(mixer, e, config) for e in range(1, config.train.epochs + 1)])
+    # The schedule's horizon is read at every step: it follows the plan as a resume or reduce_ratio changes it.
+    horizon = lambda: progress.total_steps(config.train.max_steps)  # noqa: E731
     run = Run(
         config=config,
         accelerator=accelerator,
         output_dir=output_dir,
         model=model,
         optimizer=optimizer,
-        scheduler=None,  # type: ignore[arg-type]  # its horizon reads the run: set just below
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.train, horizon)),
         mixer=mixer,
         tokenizer=corpora.tokenizer,
         held_out=corpora.held_out,
         log=RunLog(output_dir, accelerator.is_main_process, purge_step=checkpointer.step(resume_from)),
         checkpointer=checkpointer,
         compute_dtype=compute_dtype(accelerator, model),
-        progress=Progress(
-            steps_per_epoch=[steps_in_epoch(mixer, e, config) for e in range(1, config.train.epochs + 1)]
-        ),
+        progress=progress,
         loss=choose_loss(config.train.loss, accelerator.unwrap_model(model), accelerator.device),
         sharding=sharded,
         attention=attention,
     )
-    run.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.train, lambda: run.total_steps))
     # Sharded weights are gathered by every process's forward: then every process runs the hook.
     if config.collapse.enabled and (accelerator.is_main_process or sharded is not None):
         run.monitor = CollapseMonitor(config.collapse, corpora.tokenizer, corpora.held_out)

@@ -38,6 +38,11 @@ class Progress:
     evaluated_step: int | None = None
     """The step of the newest collapse eval, so the last step gets one unless it already had it."""
 
+    def total_steps(self, max_steps: int | None) -> int:
+        """Optimizer steps of the whole run as planned now, capped by `train.max_steps`."""
+        planned = sum(self.steps_per_epoch)
+        return min(planned, max_steps) if max_steps is not None else planned
+
     def state_dict(self) -> dict[str, Any]:
         """Plain data for progress.json."""
         return dataclasses.asdict(self)
@@ -82,9 +87,7 @@ class Run:
     @property
     def total_steps(self) -> int:
         """Optimizer steps of the whole run, as planned now (the learning-rate schedule's horizon)."""
-        planned = sum(self.progress.steps_per_epoch)
-        cap = self.config.train.max_steps
-        return min(planned, cap) if cap is not None else planned
+        return self.progress.total_steps(self.config.train.max_steps)
 
     @property
     def unwrapped(self) -> torch.nn.Module:

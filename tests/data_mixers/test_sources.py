@@ -317,14 +317,15 @@ def test_dataset_folder_errors_name_split_folder_row_and_columns(tmp_path: Path)
     assert error(tmp_path, "ds") == "source 'x': ds:row 1: field 'text' is empty"
 
 
-def test_not_utf8_text_file_is_skipped_whole(tmp_path: Path) -> None:
+def test_a_text_file_is_read_up_to_a_line_that_is_not_utf8(tmp_path: Path) -> None:
     folder = tmp_path / "texts"
     folder.mkdir()
     (folder / "a.txt").write_text("good", encoding="utf-8")
     (folder / "b.txt").write_bytes(b"line one\n\nbad \xff byte")
     assert error(tmp_path, "texts") == "source 'x': texts/b.txt:3: not UTF-8 text"
     loaded = load(tmp_path, "texts", on_error="skip")
-    assert (loaded.items, loaded.skipped) == (["good"], ["texts/b.txt:3: not UTF-8 text"])
+    # Read line by line: the paragraph before the bad line is kept, the rest of the file is the bad record.
+    assert (loaded.items, loaded.skipped) == (["good", "line one"], ["texts/b.txt:3: not UTF-8 text"])
 
 
 # ---------------------------------------------------------------- no examples

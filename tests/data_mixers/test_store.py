@@ -80,6 +80,9 @@ def test_a_second_start_maps_the_store_and_sees_the_same_data(data: DataConfig, 
         ("docs text_field", {"docs", "cleaning"}),
         ("docs max_examples", {"docs", "cleaning"}),
         ("docs on_error", {"docs", "cleaning"}),
+        ("docs format", {"docs", "cleaning"}),
+        ("docs split", {"docs", "cleaning"}),
+        ("chat messages_field", {"chat", "cleaning"}),
         ("add_eos", {"docs", "gen", "cleaning"}),  # the chat source has no eos of its own
         ("assistant_only_loss", {"chat", "cleaning"}),
         ("tokenizer", {"docs", "gen", "chat", "cleaning"}),
@@ -104,9 +107,15 @@ def test_a_changed_input_or_setting_rebuilds_only_what_it_touches(
         write_jsonl(tmp_path / "r2.jsonl", [{"body": t} for t in REAL])
         data.sources[0] = dataclasses.replace(docs, path=str(tmp_path / "r2.jsonl"), text_field="body")
         rebuilt = {"docs", "cleaning"}
+    elif change == "chat messages_field":  # the same file holds the chats under a second name
+        chat = data.sources[2]
+        write_jsonl(Path(chat.path), [{"messages": c, "conv": c} for c in CHATS])
+        build(data, byte_tokenizer)  # the edited file is built once under the old name
+        data.sources[2] = dataclasses.replace(chat, messages_field="conv")
     elif change.startswith("docs "):
         key = change.split()[1]
-        data.sources[0] = dataclasses.replace(docs, **{key: 50 if key == "max_examples" else "skip"})
+        value = {"max_examples": 50, "on_error": "skip", "format": "jsonl", "split": "validation"}[key]
+        data.sources[0] = dataclasses.replace(docs, **{key: value})
     elif change == "tokenizer":
         from data_mixers.tokenizer import train_bpe
 
@@ -120,6 +129,16 @@ def test_a_changed_input_or_setting_rebuilds_only_what_it_touches(
         data = dataclasses.replace(data, **{change: value})
     after = stores(build(data, tokenizer))
     assert {name for name, how in after.items() if how == "built"} == rebuilt
+
+
+def test_completion_only_loss_rebuilds_the_prompt_completion_source(data: DataConfig, byte_tokenizer, tmp_path) -> None:
+    pairs = [{"prompt": f"q{i}?", "completion": f"a{i}."} for i in range(20)]
+    path = write_jsonl(tmp_path / "pc.jsonl", pairs)
+    pc = SourceConfig(name="pc", kind="real", path=path, prompt_field="prompt", completion_field="completion")
+    data.sources.append(pc)
+    build(data, byte_tokenizer)
+    after = stores(build(dataclasses.replace(data, completion_only_loss=False), byte_tokenizer))
+    assert {name for name, how in after.items() if how == "built"} == {"pc", "cleaning"}
 
 
 def test_a_damaged_entry_is_rebuilt_with_a_warning_never_used(data: DataConfig, byte_tokenizer) -> None:
