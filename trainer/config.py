@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from data_mixers.config import DataConfig, TokenizerConfig, validate_data
 from synthmix.errors import ConfigError
-from synthmix.schema import apply_overrides, build, load_yaml, parse_overrides
+from synthmix.schema import apply_overrides, build, did_you_mean, load_yaml, parse_overrides
 
 # +1: a higher value is healthier (more diverse, closer to real data); -1: a higher value means more
 # collapsed; 0: no direction (reported, never alerted on by direction alone).
@@ -270,6 +270,10 @@ class TrainConfig:
     fsdp2 shards under any launcher (torchrun); none refuses an FSDP launch config."""
     progress: bool = True
     """Show a progress bar on the main process."""
+    report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers (accelerate's tracking API): tensorboard, wandb, mlflow, trackio, aim, or [none]."""
+    tracker_project: str = "synthmix"
+    """The trackers' project (wandb project, mlflow experiment, TensorBoard folder under OUTPUT_DIR/tensorboard)."""
 
 
 @dataclasses.dataclass
@@ -321,6 +325,33 @@ def validate(config: RunConfig) -> None:
     validate_collapse(config.collapse)
     _validate_counts(config)
     _validate_model(config)
+    _validate_trackers(config)
+
+
+TRACKERS: dict[str, tuple[str, str]] = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "synthmix[wandb]"),
+    "mlflow": ("mlflow", "synthmix[mlflow]"),
+    "trackio": ("trackio", "synthmix[trackio]"),
+    "aim": ("aim", "synthmix[aim]"),
+}
+"""train.report_to names: (the module that must import, what to pip install)."""
+
+
+def _validate_trackers(config: RunConfig) -> None:
+    import importlib.util
+
+    names = config.train.report_to
+    if "none" in names and len(names) > 1:
+        raise ConfigError(f"train.report_to: 'none' means no tracker, so it comes alone (got {names})")
+    for name in names:
+        if name == "none":
+            continue
+        if name not in TRACKERS:
+            raise ConfigError(f"train.report_to: unknown tracker {name!r}{did_you_mean(name, [*TRACKERS, 'none'])}")
+        module, package = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"train.report_to: {name} is not installed; pip install '{package}'")
 
 
 def _validate_counts(config: RunConfig) -> None:

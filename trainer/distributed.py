@@ -5,20 +5,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object
 
 from synthmix.errors import UserError
 
 T = TypeVar("T")
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """The Accelerator of this launch, with `mixed_precision` ('auto' is bf16 on a capable GPU, else none)."""
-    return Accelerator(mixed_precision=resolve_mixed_precision(mixed_precision), cpu=_several_cpu_processes())
+def make_accelerator(
+    mixed_precision: str, report_to: list[str] | None = None, output_dir: Path | None = None
+) -> Accelerator:
+    """The Accelerator of this launch, with `mixed_precision` ('auto' is bf16 on a capable GPU, else none) and
+    the experiment trackers of `report_to` (TensorBoard events under OUTPUT_DIR/tensorboard)."""
+    trackers = [name for name in report_to or [] if name != "none"]
+    project = None
+    if output_dir is not None:
+        project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard"))
+    return Accelerator(
+        mixed_precision=resolve_mixed_precision(mixed_precision),
+        cpu=_several_cpu_processes(),
+        log_with=trackers or None,
+        project_config=project,
+    )
 
 
 def _several_cpu_processes() -> bool:

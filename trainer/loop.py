@@ -68,7 +68,7 @@ def setup(config: RunConfig, resume: str | None) -> Run:
     sharding = sharding_for_launch(config.train.sharding)  # before the Accelerator: it clears accelerate's FSDP
     if sharding is not None and config.model.quantization.bits is not None:
         raise TrainerError("FSDP cannot shard a bitsandbytes-quantized base (model.quantization.bits); use DDP")
-    accelerator = make_accelerator(config.train.mixed_precision)
+    accelerator = make_accelerator(config.train.mixed_precision, config.train.report_to, Path(config.output_dir))
     output_dir = Path(config.output_dir)
     checkpointer = Checkpointer(output_dir / "checkpoints", accelerator, config.checkpoint.keep_last)
     on_main_process(accelerator, lambda: _prepare_output_dir(output_dir, resume, checkpointer))
@@ -117,7 +117,14 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         mixer=mixer,
         tokenizer=corpora.tokenizer,
         held_out=corpora.held_out,
-        log=RunLog(output_dir, accelerator.is_main_process, purge_step=checkpointer.step(resume_from)),
+        log=RunLog(
+            output_dir,
+            accelerator.is_main_process,
+            purge_step=checkpointer.step(resume_from),
+            accelerator=accelerator,
+            project=config.train.tracker_project,
+            params=to_dict(config),
+        ),
         checkpointer=checkpointer,
         compute_dtype=compute_dtype(accelerator, model),
         progress=progress,

@@ -1,5 +1,6 @@
-"""The run's record: OUTPUT_DIR/metrics.jsonl (one JSON object per line, with an `event` field) and
-TensorBoard events. Written by the main process only."""
+"""The run's record: OUTPUT_DIR/metrics.jsonl (one JSON object per line, with an `event` field), and the
+experiment trackers of `train.report_to` through accelerate's tracking API (TensorBoard by default, under
+OUTPUT_DIR/tensorboard). Written by the main process only."""
 
 from __future__ import annotations
 
@@ -31,22 +32,43 @@ _PREVIOUS_EXCEPTHOOK = threading.excepthook
 
 
 class RunLog:
-    """Appends events to metrics.jsonl (flushed per line, so a crash loses nothing logged) and TensorBoard."""
+    """Appends events to metrics.jsonl (flushed per line, so a crash loses nothing logged) and sends their
+    numeric fields to the accelerator's trackers as `event/field` at the event's step."""
 
-    def __init__(self, output_dir: Path, enabled: bool, purge_step: int | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        enabled: bool,
+        purge_step: int | None = None,
+        accelerator: Any = None,
+        project: str = "synthmix",
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """`accelerator`: one made with `log_with` (its trackers start here, with `params` as the run's
+        parameters); `purge_step`: a resumed run's step, after which TensorBoard drops what it had logged."""
         self.path = output_dir / METRICS
         self.enabled = enabled
-        self._writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
+        self._trackers = output_dir / "tensorboard"
+        self._accelerator = accelerator if enabled and accelerator is not None and accelerator.log_with else None
+        if self._accelerator is not None:
             threading.excepthook = _quiet_tensorboard_disk_full
-            self._tensorboard = output_dir / "tensorboard"
-            with disk_full_is_an_error(self._tensorboard):
-                self._writer = SummaryWriter(str(self._tensorboard), purge_step=purge_step)
+            init = {
+                "tensorboard": {"purge_step": purge_step},
+                "wandb": {"dir": str(output_dir), "name": output_dir.name, "resume": "allow"},
+                "mlflow": {"run_name": output_dir.name},
+            }
+            try:
+                with disk_full_is_an_error(self._trackers):
+                    self._accelerator.init_trackers(project, config=_params(params or {}), init_kwargs=init)
+            except DiskFullError:
+                raise
+            except Exception as err:  # a tracker's own set-up (server, credentials, store): the user can fix it
+                names = ", ".join(type(t).__name__ for t in self._accelerator.trackers) or "the"
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise TrainerError(f"train.report_to: starting {names} tracker(s) failed: {first}") from err
 
     def event(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Write one event; numeric fields with a `step` also go to TensorBoard as `event/field`."""
+        """Write one event; numeric fields of an event with a `step` also go to every tracker."""
         record = {"event": event, "time": round(time.time(), 3), **fields}
         if not self.enabled:
             return record
@@ -59,26 +81,39 @@ class RunLog:
             os.truncate(self.path, size)  # no half-written line: the file ends with the last whole event
             raise
         step = fields.get("step")
-        if self._writer is not None and isinstance(step, int):
-            with disk_full_is_an_error(self._tensorboard):
-                for key, value in fields.items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                        if math.isfinite(value):
-                            self._writer.add_scalar(f"{event}/{key}", value, step)
+        if self._accelerator is not None and isinstance(step, int):
+            values = {
+                f"{event}/{key}": value
+                for key, value in fields.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step"
+                and math.isfinite(value)
+            }  # fmt: skip
+            if values:
+                with disk_full_is_an_error(self._trackers):
+                    self._accelerator.log(values, step=step)
         return record
 
     def close(self, warn: bool = True) -> None:
-        """Flush and close TensorBoard. A full disk here only warns (`warn` false: not even that): metrics.jsonl
-        holds every event, and an error already on its way out must not be replaced by this one."""
-        if self._writer is None:
+        """Finish the trackers. A full disk here only warns (`warn` false: not even that): metrics.jsonl holds
+        every event, and an error already on its way out must not be replaced by this one."""
+        if self._accelerator is None:
             return
         try:
-            self._writer.close()
+            self._accelerator.end_training()
         except (OSError, RuntimeError) as err:
             if not is_disk_full(err):
                 raise
             if warn:
-                warnings.warn(f"{self._tensorboard}: TensorBoard events not all written (no space left)", stacklevel=2)
+                warnings.warn(f"{self._trackers}: tracker events not all written (no space left)", stacklevel=2)
+        self._accelerator = None
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    """The run's parameters as trackers take them: flat dotted keys, values str/int/float/bool (lists as text)."""
+    from synthmix.schema import flatten
+
+    flat = flatten(params)
+    return {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in flat.items()}
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

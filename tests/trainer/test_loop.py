@@ -138,7 +138,7 @@ def test_run_folder_holds_exactly_the_expected_files(reference) -> None:
     out = reference.output_dir
     assert {p.name for p in out.iterdir()} == RUN_FOLDER
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (out / "adapter").iterdir()}
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     # keep_last: the newest 3 distinct checkpoint steps survive, each complete and intact.
     written = list(dict.fromkeys(e["step"] for e in reference.events if e["event"] == "checkpoint"))
     checkpoints = sorted((out / "checkpoints").iterdir(), key=step_of)

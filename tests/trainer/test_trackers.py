@@ -1,0 +1,99 @@
+"""train.report_to: a tiny run logs to TensorBoard, MLflow (a local file store) and W&B (offline) at once; what
+TensorBoard and MLflow recorded is read back and equals metrics.jsonl; bad tracker names are one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from synthmix.errors import ConfigError
+from trainer.config import load_config
+from trainer.loop import train
+from trainer.run_log import METRICS, read_events
+
+RULE = "[{indicator: real_ppl, direction: down, threshold: 0.0001, action: warn}]"
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory: pytest.TempPathFactory, write_tiny_config) -> Path:
+    root = tmp_path_factory.mktemp("trackers")
+    path = write_tiny_config(root)
+    overrides = ["--output_dir", str(root / "run"), "--train.max_steps", "8", "--collapse.rules", RULE,
+                 "--train.report_to", "[tensorboard, mlflow, wandb]"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"file:{root / 'mlruns'}")
+        env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3.17 keeps the file store behind a flag
+        env.setenv("WANDB_MODE", "offline")
+        env.setenv("WANDB_SILENT", "true")
+        train(load_config(path, overrides))
+    return root
+
+
+def of(events: list[dict], kind: str) -> list[dict]:
+    return [e for e in events if e["event"] == kind]
+
+
+def test_tensorboard_recorded_every_step_metric_and_eval_indicator(tracked: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = read_events(tracked / "run" / METRICS)
+    (folder,) = (tracked / "run" / "tensorboard").iterdir()  # the project's folder: tensorboard/synthmix
+    board = EventAccumulator(str(folder))
+    board.Reload()
+    loss = [(s.step, s.value) for s in board.Scalars("train/loss")]
+    assert loss == [(e["step"], pytest.approx(e["loss"], rel=1e-6)) for e in of(events, "train")]
+    assert [s.step for s in board.Scalars("eval/real_ppl")] == [e["step"] for e in of(events, "eval")]
+    assert [s.step for s in board.Scalars("alert/value")] == [a["step"] for a in of(events, "alert")]
+
+
+def test_mlflow_recorded_the_metrics_and_the_config_as_parameters(tracked: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    events = read_events(tracked / "run" / METRICS)
+    client = MlflowClient(tracking_uri=f"file:{tracked / 'mlruns'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "synthmix"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [
+        (e["step"], pytest.approx(e["loss"], rel=1e-9)) for e in of(events, "train")
+    ]
+    evals = client.get_metric_history(run.info.run_id, "eval/real_ppl")
+    assert [m.step for m in evals] == [e["step"] for e in of(events, "eval")]
+    assert len(client.get_metric_history(run.info.run_id, "alert/change")) == len(of(events, "alert")) > 0
+    params = run.data.params
+    assert params["train.learning_rate"] == "0.01" and params["data.synthetic_ratio"] == "0.3"
+    assert params["lora.target_modules"] == '["q_proj", "k_proj", "v_proj", "o_proj"]'
+
+
+def test_wandb_ran_offline_into_the_run_folder(tracked: Path) -> None:
+    # wandb 0.31 reads its offline run files only from its Go core, so only the run's own file is checked here.
+    (run,) = (tracked / "run" / "wandb").glob("offline-run-*")
+    (record,) = run.glob("run-*.wandb")
+    assert record.stat().st_size > 1000
+
+
+def test_none_logs_to_metrics_jsonl_only(tmp_path: Path, make_config) -> None:
+    overrides = ["--output_dir", str(tmp_path / "run"), "--train.max_steps", "2", "--train.report_to", "[none]"]
+    train(load_config(make_config(), overrides))
+    assert (tmp_path / "run" / METRICS).is_file() and not (tmp_path / "run" / "tensorboard").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[mlfow]", "train.report_to: unknown tracker 'mlfow' (did you mean 'mlflow'?)"),
+        ("[none, tensorboard]", "train.report_to: 'none' means no tracker, so it comes alone"),
+        ("[aim]", "train.report_to: aim is not installed; pip install 'synthmix[aim]'"),
+    ],
+)
+def test_bad_tracker_settings_are_one_line_errors(
+    make_config, value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aim" else real(name, *a))
+    with pytest.raises(ConfigError) as err:
+        load_config(make_config(), ["--train.report_to", value])
+    assert str(err.value).startswith(message)
