@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from data_mixers.config import SourceConfig
 from data_mixers.encoding import EncodeSettings, encode_batch
 from data_mixers.sources import SourceStream, example_form, resolve_path
-from synthmix.files import atomic_folder, disk_full_is_an_error
+from synthmix.files import atomic_folder, disk_full_is_an_error, sha256_of
 
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -155,7 +155,7 @@ def verify_entry(folder: Path, verify: str) -> str | None:
             return f"{path.name} is missing"
         if path.stat().st_size != spec["bytes"]:
             return f"{path.name} holds {path.stat().st_size} bytes, the manifest says {spec['bytes']}"
-        if verify == "full" and _sha256(path) != spec["sha256"]:
+        if verify == "full" and sha256_of(path) != spec["sha256"]:
             return f"{path.name} does not match its checksum"
     return None
 
@@ -291,9 +291,3 @@ def _bar(stream: SourceStream, show: bool | None) -> Iterator[_Progress]:
         progress.bar.close()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()

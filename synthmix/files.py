@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -160,6 +161,15 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 4 MiB blocks (store entries and checkpoints are checked with it)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_tree(folder: Path) -> None:

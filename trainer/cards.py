@@ -73,53 +73,56 @@ def model_card(events: list[dict[str, Any]], folder_name: str = "adapter") -> st
     return "\n".join(parts)
 
 
-def _sources_section(sources: list[dict[str, Any]]) -> str:
-    lines = [
-        "## Training data\n",
-        "| source | kind | examples | tokens | held out | removed (duplicates, contaminated, filtered, verifier) |",
-        "|---|---|---:|---:|---:|---|",
-    ]
-    for s in sources:
-        removed = ", ".join(str(s.get(k, 0)) for k in ("duplicates", "contaminated", "filtered", "unverified"))
-        lines.append(
-            f"| {s['name']} | {s['kind']} | {s.get('examples', 0):,} | {s.get('tokens', 0):,} | "
-            f"{s.get('held_out', 0):,} | {removed} |"
-        )
+def _table(head: list[str], align: str, rows: list[list[Any]]) -> str:
+    """A Markdown table; `align` has one letter per column: l (left) or r (right)."""
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    lines = ["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _sources_section(sources: list[dict[str, Any]]) -> str:
+    head = [
+        "source",
+        "kind",
+        "examples",
+        "tokens",
+        "held out",
+        "removed (duplicates, contaminated, filtered, verifier)",
+    ]
+    rows = [
+        [s["name"], s["kind"], f"{s.get('examples', 0):,}", f"{s.get('tokens', 0):,}", f"{s.get('held_out', 0):,}",
+         ", ".join(str(s.get(k, 0)) for k in ("duplicates", "contaminated", "filtered", "unverified"))]
+        for s in sources
+    ]  # fmt: skip
+    return "## Training data\n\n" + _table(head, "llrrrl", rows)
 
 
 def _ratio_section(epochs: list[dict[str, Any]]) -> str:
     if not epochs:
         return "## Synthetic ratio per epoch\n\nNo epoch was completed.\n"
-    lines = ["## Synthetic ratio per epoch\n", "| epoch | target | realized | unit |", "|---:|---:|---:|---|"]
     by_epoch = {e["epoch"]: e for e in epochs}  # a resumed run may log an epoch twice: the last one counts
-    for epoch, e in sorted(by_epoch.items()):
-        lines.append(
-            f"| {epoch} | {_fmt(e.get('target_synthetic_ratio'))} | {_fmt(e.get('realized_synthetic_ratio'))} "
-            f"| {e.get('unit', '')} |"
-        )
-    return "\n".join(lines) + "\n"
+    rows = [
+        [epoch, _fmt(e.get("target_synthetic_ratio")), _fmt(e.get("realized_synthetic_ratio")), e.get("unit", "")]
+        for epoch, e in sorted(by_epoch.items())
+    ]
+    return "## Synthetic ratio per epoch\n\n" + _table(["epoch", "target", "realized", "unit"], "rrrl", rows)
 
 
 def _indicator_section(evals: list[dict[str, Any]]) -> str:
     if not evals:
         return "## Collapse indicators\n\nThe collapse hook was off.\n"
     baseline, final = evals[0], evals[-1]
-    lines = [
-        "## Collapse indicators\n",
-        f"Measured by the collapse hook at step 0 (the baseline) and at step {final.get('step')} (the last eval).\n",
-        "| indicator | baseline | final | change |",
-        "|---|---:|---:|---:|",
-    ]
-    for name in INDICATOR_DIRECTION:
-        if name not in final:
-            continue
+    rows = []
+    for name in (n for n in INDICATOR_DIRECTION if n in final):
         before, after = baseline.get(name), final.get(name)
-        change = "—"
-        if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
-            change = f"{100 * (after - before) / abs(before):+.1f}%"
-        lines.append(f"| {name} | {_fmt(before)} | {_fmt(after)} | {change} |")
-    return "\n".join(lines) + "\n"
+        numbers = isinstance(before, (int, float)) and isinstance(after, (int, float)) and before
+        rows.append(
+            [name, _fmt(before), _fmt(after), f"{100 * (after - before) / abs(before):+.1f}%" if numbers else "—"]
+        )
+    intro = (
+        f"Measured by the collapse hook at step 0 (the baseline) and at step {final.get('step')} (the last eval).\n\n"
+    )
+    return "## Collapse indicators\n\n" + intro + _table(["indicator", "baseline", "final", "change"], "lrrr", rows)
 
 
 def _alerts_section(alerts: list[dict[str, Any]]) -> str:

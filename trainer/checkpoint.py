@@ -22,7 +22,6 @@ A folder without a manifest (a crash while writing) or with a file that does not
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 import re
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 
-from synthmix.files import atomic_folder, disk_full_is_an_error, remove_temporaries
+from synthmix.files import atomic_folder, disk_full_is_an_error, remove_temporaries, sha256_of
 from synthmix.schema import flatten
 from trainer.distributed import on_main_process
 from trainer.errors import TrainerError
@@ -142,7 +141,7 @@ class Checkpointer:
             for name, source in files.items():
                 if source.exists():
                     shutil.copyfile(source, folder / name)
-            checksums = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+            checksums = {str(p.relative_to(folder)): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
             manifest = {**meta, "step": step, "created": time.time(), "files": checksums}
             (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         self._prune()
@@ -252,7 +251,7 @@ def verify(path: Path) -> str | None:
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
-        if _sha256(file) != digest:
+        if sha256_of(file) != digest:
             return f"{name} does not match its checksum"
     return None
 
@@ -281,12 +280,6 @@ class RngState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _step_dirs(root: Path) -> list[Path]:
