@@ -99,7 +99,10 @@ class RunLog:
         if self._accelerator is None:
             return
         try:
-            self._accelerator.end_training()
+            # Each tracker's own finish, not accelerator.end_training(): that also destroys the process group,
+            # which the other processes (and a resumed job's collectives) still need.
+            for tracker in self._accelerator.trackers:
+                tracker.finish()
         except (OSError, RuntimeError) as err:
             if not is_disk_full(err):
                 raise

@@ -7,6 +7,7 @@ import pydoc_data.topics
 
 import pytest
 
+from trainer.cards import data_card_path
 from trainer.config import SamplingConfig
 from trainer.synthetic import generate_corpus
 
@@ -37,7 +38,7 @@ def test_generate_corpus_writes_provenance(model, tokenizer, tmp_path):
         assert line["sampling"] == vars(config)
         prompt = tokenizer.decode(tokenizer(TEXTS[line["prompt_source"]["index"]])["input_ids"][:6])
         assert line["text"].startswith(prompt)
-    assert list(out.parent.iterdir()) == [out]
+    assert sorted(out.parent.iterdir()) == sorted([out, data_card_path(out)])  # no temporary file is left
     again = tmp_path / "again.jsonl"
     generate_corpus(model, tokenizer, TEXTS, 9, 6, config, "tiny-llama", "real.jsonl", again)
     assert again.read_bytes() == out.read_bytes()
