@@ -289,5 +289,3 @@ def _bar(stream: SourceStream, show: bool | None) -> Iterator[_Progress]:
         yield progress
     finally:
         progress.bar.close()
-
-

@@ -280,8 +280,6 @@ class RngState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-
-
 def _step_dirs(root: Path) -> list[Path]:
     return [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)] if root.is_dir() else []
 

@@ -28,6 +28,8 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from data_mixers.errors import MixerError
+from data_mixers.torch_dataset import MixedStream
 from synthmix.files import write_text
 from synthmix.schema import build
 from trainer.collapse import CollapseMonitor
@@ -155,3 +157,59 @@ def _from_main_process(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     box = [alerts]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+STREAM_STATE_FILE = "synthmix_stream.json"
+"""Beside each `Trainer` checkpoint: the stream's state at that checkpoint's step."""
+
+
+# ---------------------------------------------------------------------------------------------- the mix as a dataset
+class StreamCallback(TrainerCallback):
+    """Checkpoints a `MixedStream` with `Trainer`'s own checkpoints and resumes it exactly.
+
+    transformers' Trainer saves no dataloader state and, on resume, fast-forwards by re-reading every batch it
+    trained on. This callback writes `checkpoint-N/synthmix_stream.json` (the stream after N steps) and, when the
+    run resumes with `ignore_data_skip=True`, loads it before the first batch is drawn: the stream continues at
+    the next row, nothing rebuilt or replayed. Without `ignore_data_skip` the Trainer's own fast-forward runs
+    instead (still exact, but it rebuilds every skipped row)."""
+
+    def __init__(self, stream: MixedStream) -> None:
+        self.stream = stream
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            write_text(folder / STREAM_STATE_FILE, json.dumps(self.stream.state_at(self.rows_at(state.global_step))))
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.global_step == 0 or not args.ignore_data_skip:
+            return
+        path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / STREAM_STATE_FILE
+        if not path.is_file():
+            raise MixerError(f"{path}: missing, so the stream cannot resume at step {state.global_step}; resume "
+                             "without ignore_data_skip to let the Trainer fast-forward")  # fmt: skip
+        self.stream.load_state_dict(json.loads(path.read_text()))
+
+    def rows_at(self, step: int) -> int:
+        """Rows per rank the stream has given after optimizer step `step`."""
+        return step * self.stream.rows_per_step
+
+
+def attach_stream(trainer: Any, stream: MixedStream) -> None:
+    """Train `trainer` (a transformers `Trainer` or TRL `SFTTrainer`) on `stream`: it becomes the train dataset,
+    batches are never dispatched from the main process (each process draws its own, as `layout` expects), the
+    Trainer does not fast-forward on resume (the stream resumes itself) and `StreamCallback` checkpoints it.
+    TRL's SFTTrainer accepts only `datasets` objects at construction, so build it on `stream.example()` and
+    attach the stream afterwards."""
+    args = trainer.args
+    steps = stream.total_steps()
+    if args.max_steps <= 0 or args.max_steps > steps:
+        args.max_steps = steps
+    expected = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    if expected != stream.rows_per_step:
+        raise MixerError(f"rows_per_step: the stream has {stream.rows_per_step}, the trainer takes {expected} rows "
+                         "per step (per_device_train_batch_size x gradient_accumulation_steps)")  # fmt: skip
+    trainer.train_dataset = stream
+    trainer.accelerator.dataloader_config.dispatch_batches = False
+    args.ignore_data_skip = True
+    trainer.add_callback(StreamCallback(stream))

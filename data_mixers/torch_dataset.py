@@ -1,0 +1,251 @@
+"""The exact mix as a `torch.utils.data.IterableDataset` of packed rows, for trainers people already run.
+
+    stream = MixedStream(corpora.train, config.data, seed=0, epochs=2, seq_len=256, pad_id=tok.pad_token_id,
+                         rows_per_step=8 * 4)                     # per-device batch x gradient accumulation
+    loader = StatefulDataLoader(stream, batch_size=8, collate_fn=...)   # torchdata: checkpoints stream.state_dict()
+
+Each item is one packed row in the form TRL's padding-free collator takes: `input_ids`, `labels` (-100 where the
+example's loss mask is off and on the first token of every piece, as synthmix's own loop does) and
+`seq_lengths` (the pieces, so position ids restart per example). The stream runs through every configured epoch
+(an epoch is one pass over the real data, at the mixer's exact ratio) and each rank's share of an epoch is padded
+with filler rows (one pad token, no loss) to the same whole number of optimizer steps on every rank, so data
+parallel ranks never wait for each other and a step never mixes two epochs.
+
+Why the state is a row count: every rank takes exactly `rows_per_step` rows per optimizer step, so "where the
+stream stands after step N" is N x rows_per_step rows, whatever the dataloader has prefetched. `state_at(rows)`
+turns that into the mixer's exact position in O(log n) (no row is rebuilt, none replayed); `state_dict()` is
+`state_at` of the rows this object has yielded, which is what `StatefulDataLoader` wants.
+`trainer.integrations.StreamCallback` saves `state_at(global_step x rows_per_step)` beside each `Trainer`
+checkpoint, because transformers' Trainer does not checkpoint dataloader state itself.
+
+Sharding: `layout="rank"` yields rank r's share only (a loop that builds one loader per process). Under
+`accelerate` with several processes a `torch` IterableDataset is split by `IterableDatasetShard`, which iterates
+the whole dataset on every process and keeps the process's `block` rows of every `block x world_size`; for that,
+`layout="global"` yields rank 0's next `block` rows, then rank 1's, ..., so the split hands each process exactly
+its mixer share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from data_mixers.config import DataConfig
+from data_mixers.corpus import Corpus
+from data_mixers.errors import MixerError
+from data_mixers.mixer import Example, Mixer
+
+IGNORE = -100
+FILLER_KIND = -1
+KIND_CODES = {"real": 0, "synthetic": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Epoch:
+    """One epoch of the stream: where it starts (rows per rank before it), its padded rows, its plan settings."""
+
+    start: int
+    rows: int
+    settings: dict[str, Any]
+
+
+class MixedStream(torch.utils.data.IterableDataset):
+    """The mixer's rows, exact ratio per epoch, resumable to the row; see the module docstring."""
+
+    def __init__(
+        self,
+        corpora: list[Corpus],
+        data: DataConfig,
+        *,
+        seed: int,
+        epochs: int,
+        seq_len: int,
+        pad_id: int,
+        rows_per_step: int,
+        rank: int = 0,
+        world_size: int = 1,
+        layout: Literal["rank", "global"] = "rank",
+        block: int = 1,
+        provenance: bool = False,
+    ) -> None:
+        """`rows_per_step`: rows one process takes per optimizer step (per-device batch x accumulation), the unit
+        each epoch is padded to; `block`: the per-device batch size, the rows of one rank in a row of `global`
+        layout; `provenance`: also yield `kinds` (0 real, 1 synthetic, -1 filler, per token) and `sources`."""
+        if rows_per_step < 1:
+            raise MixerError(f"rows_per_step: must be at least 1, got {rows_per_step}")
+        if layout not in ("rank", "global"):
+            raise MixerError(f"layout: expected 'rank' or 'global', got {layout!r}")
+        if layout == "global" and (block < 1 or rows_per_step % block):
+            raise MixerError(f"block: must divide rows_per_step {rows_per_step} (the per-device batch), got {block}")
+        self.seq_len, self.pad_id, self.rows_per_step = seq_len, pad_id, rows_per_step
+        self.epochs, self.layout, self.block, self.provenance = epochs, layout, block, provenance
+        self.world_size = world_size
+        ranks = range(world_size) if layout == "global" else [rank]
+        self._mixers = [Mixer(corpora, data, seed, epochs, r, world_size, seq_len) for r in ranks]
+        self._planner = Mixer(corpora, data, seed, epochs, 0, world_size, seq_len)  # plans epochs, never streams
+        self._table: dict[int, _Epoch] = {}
+        self._first = 1
+        self._rows = 0
+        """Rows per rank this object has yielded (or been restored to) since the stream began."""
+
+    # ------------------------------------------------------------------------------------------ the plan of rows
+    def _epoch(self, epoch: int) -> _Epoch:
+        """The epoch's start, padded rows and settings, planned forward from the first known epoch."""
+        while epoch not in self._table:
+            known = max(self._table, default=self._first - 1)
+            nxt = known + 1
+            start = self._table[known].start + self._table[known].rows if known in self._table else 0
+            self._planner.set_epoch(nxt)  # freezes the settings the config gives this epoch now
+            steps = max(1, math.ceil(max(self._planner.shard_rows(nxt)) / self.rows_per_step))
+            settings = self._planner.state_dict()["epoch_settings"]
+            self._table[nxt] = _Epoch(start, steps * self.rows_per_step, settings)
+        return self._table[epoch]
+
+    @property
+    def total_rows(self) -> int:
+        """Rows per rank over every epoch (filler included)."""
+        last = self._epoch(self.epochs)
+        return last.start + last.rows
+
+    def total_steps(self) -> int:
+        """Optimizer steps the whole stream takes (Trainer's `max_steps`)."""
+        return self.total_rows // self.rows_per_step
+
+    def epoch_end_steps(self) -> list[int]:
+        """The optimizer step that ends each epoch (where synthmix evaluates and checkpoints)."""
+        return [(self._epoch(e).start + self._epoch(e).rows) // self.rows_per_step for e in range(1, self.epochs + 1)]
+
+    def _position(self, rows: int) -> tuple[int, int]:
+        """(epoch, rows into it) after `rows` rows per rank; an epoch's end stays in that epoch."""
+        if rows > self.total_rows or rows < self._epoch(self._first).start:
+            raise MixerError(
+                f"row {rows} is outside this stream (rows {self._epoch(self._first).start}..{self.total_rows})"
+            )
+        epoch = self._first
+        while rows > self._epoch(epoch).start + self._epoch(epoch).rows:
+            epoch += 1
+        return epoch, rows - self._epoch(epoch).start
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_at(self, rows: int) -> dict[str, Any]:
+        """The state of the stream after `rows` rows per rank: small, JSON-serialisable, O(log n) to resume."""
+        epoch, _ = self._position(rows)
+        return {
+            "rows": rows,
+            "epoch": epoch,
+            "epoch_start": self._epoch(epoch).start,
+            "epoch_settings": self._epoch(epoch).settings,
+            "ratio_scale": self._planner.ratio_scale,
+            "rows_per_step": self.rows_per_step,
+            "world_size": self.world_size,
+            "fingerprint": self._planner.fingerprint(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this object's iteration stands (what `StatefulDataLoader` saves after each batch)."""
+        if self.layout == "global":
+            raise MixerError("a global-layout stream is split by accelerate; save StreamCallback's state instead")
+        return self.state_at(self._rows)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after `state["rows"]` rows per rank: the epoch under way keeps the settings it was planned
+        with (as a synthmix run does); the data, world size and rows per step must be the same."""
+        checks = {"fingerprint": self._planner.fingerprint(), "world_size": self.world_size,
+                  "rows_per_step": self.rows_per_step}  # fmt: skip
+        for key, expected in checks.items():
+            if state.get(key) != expected:
+                raise MixerError(f"stream state: {key} is {state.get(key)!r}, this stream has {expected!r}; "
+                                 "resume with the data, processes and batch settings it was saved with")  # fmt: skip
+        epoch = int(state["epoch"])
+        frozen = {"epoch": epoch, "position": 0, "token_offset": 0, "ratio_scale": state["ratio_scale"],
+                  "epoch_settings": state["epoch_settings"], "world_size": self.world_size,
+                  "fingerprint": state["fingerprint"]}  # fmt: skip
+        self._planner.load_state_dict({**frozen, "rank": 0})
+        self._table = {}
+        self._first = epoch
+        steps = max(1, math.ceil(max(self._planner.shard_rows(epoch)) / self.rows_per_step))
+        self._table[epoch] = _Epoch(int(state["epoch_start"]), steps * self.rows_per_step, state["epoch_settings"])
+        self._rows = int(state["rows"])
+        self._position(self._rows)  # a state past this stream's end is refused here, not mid-iteration
+
+    # ------------------------------------------------------------------------------------------ iteration
+    def example(self) -> dict[str, Any]:
+        """A row in the stream's format that moves nothing (a filler row), for constructors that peek at data."""
+        return self._encode([])
+
+    @property
+    def column_names(self) -> list[str]:
+        """The keys of every row (read by TRL instead of peeking at the first row)."""
+        return ["input_ids", "labels", "seq_lengths", *(["kinds", "sources"] if self.provenance else [])]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The rest of the stream from where this object stands: each call continues, none restarts."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.num_workers > 1:
+            raise MixerError("MixedStream: use num_workers 0 or 1 (the stream is sharded by rank, not by worker)")
+        return self._rows_from(self._rows)
+
+    def _rows_from(self, rows: int) -> Iterator[dict[str, Any]]:
+        while rows < self.total_rows:
+            epoch, into = self._position(rows)
+            plan = self._epoch(epoch)
+            if into == plan.rows:  # at an epoch's end: the next one starts
+                epoch, into = epoch + 1, 0
+                plan = self._epoch(epoch)
+            for mixer in self._mixers:
+                _seek(mixer, epoch, into, plan.settings, self._planner)
+            yield from self._epoch_rows(plan.rows - into)
+            rows = plan.start + plan.rows
+
+    def _epoch_rows(self, count: int) -> Iterator[dict[str, Any]]:
+        """`count` rows per rank of the epoch the mixers stand in (filler past a rank's share)."""
+        block = self.block if self.layout == "global" else count
+        for _ in range(0, count, block):
+            for mixer in self._mixers:
+                for _ in range(min(block, count)):
+                    row = self._encode(mixer.next_row())
+                    if mixer is self._mixers[-1]:
+                        self._rows += 1
+                    yield row
+            count -= block
+
+    def _encode(self, pieces: list[Example]) -> dict[str, Any]:
+        pieces = [p for p in pieces if len(p.ids)]
+        if not pieces:  # past this rank's share: a row that carries no loss and no data
+            row = {"input_ids": [self.pad_id], "labels": [IGNORE], "seq_lengths": [1]}
+            return {**row, "kinds": [FILLER_KIND], "sources": []} if self.provenance else row
+        ids = [p.ids.astype(np.int64) for p in pieces]
+        labels = []
+        for piece, piece_ids in zip(pieces, ids):
+            piece_labels = piece_ids if piece.loss_mask is None else np.where(piece.loss_mask, piece_ids, IGNORE)
+            piece_labels = piece_labels.copy()
+            piece_labels[0] = IGNORE  # nothing before it in the row is its context
+            labels.append(piece_labels)
+        row = {"input_ids": np.concatenate(ids).tolist(), "labels": np.concatenate(labels).tolist(),
+               "seq_lengths": [len(p) for p in ids]}  # fmt: skip
+        if self.provenance:
+            row["kinds"] = [KIND_CODES[p.kind] for p in pieces for _ in range(len(p.ids))]
+            row["sources"] = [f"{p.source}:{p.index}:{p.start}" for p in pieces]
+        return row
+
+
+def _seek(mixer: Mixer, epoch: int, rows: int, settings: dict[str, Any], planner: Mixer) -> None:
+    """Put `mixer` `rows` rows into `epoch` (planned with `settings`) without building a row: bfd rows are the
+    unit of position; wrap rows are `seq_len` tokens of the rank's share, found by a binary search."""
+    mixer.load_state_dict({"epoch": epoch, "position": 0, "token_offset": 0, "ratio_scale": planner.ratio_scale,
+                           "epoch_settings": settings, "rank": mixer.rank, "world_size": mixer.world_size,
+                           "fingerprint": planner.fingerprint()})  # fmt: skip
+    plan = mixer.shard_plan(epoch)
+    if plan.row_starts is not None:
+        mixer.position = min(rows, plan.rows)
+        return
+    ends = np.cumsum(plan.n_tokens)
+    tokens = min(rows * mixer.seq_len, int(ends[-1]) if len(ends) else 0)
+    position = int(np.searchsorted(ends, tokens, side="right"))
+    mixer.position = position
+    mixer.token_offset = tokens - (int(ends[position - 1]) if position else 0)
