@@ -135,11 +135,16 @@ def sweep_ratio_plot(name: str, by_ratio: dict[float, list[float]], tolerance: f
     ax.plot(xs, [sum(v) / len(v) for _, v in kept], "-o", color=PALETTE[0], lw=1.6, ms=3.5)
     if tolerance is not None and kept[0][0] == 0:
         anchor = sum(kept[0][1]) / len(kept[0][1])
-        low = anchor * (1 - tolerance) if direction >= 0 else -float("inf")
-        high = anchor * (1 + tolerance) if direction <= 0 else float("inf")
         ax.axhline(anchor, color="black", ls=":", lw=1.2)
+        limits = [anchor * (1 - tolerance)] if direction >= 0 else []
+        limits += [anchor * (1 + tolerance)] if direction <= 0 else []
         bottom, top = ax.get_ylim()
-        ax.axhspan(max(low, min(bottom, anchor)), min(high, max(top, anchor)), color="#2ca02c", alpha=0.12, lw=0)
+        bottom, top = min(bottom, *limits), max(top, *limits)
+        pad = 0.06 * (top - bottom)  # some of the red side stays in view
+        bottom, top = bottom - (pad if min(limits) < anchor else 0), top + (pad if max(limits) > anchor else 0)
+        for limit in limits:  # past the limit, the way collapse moves it: unsafe (shaded red)
+            ax.axhline(limit, color=ALERT_RED, ls="--", lw=1)
+            ax.axhspan(limit, top if limit > anchor else bottom, color=ALERT_RED, alpha=0.08, lw=0)
         ax.set_ylim(bottom, top)
     return _png(fig)
 

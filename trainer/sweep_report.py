@@ -30,7 +30,7 @@ def write_sweep_page(run_dir: Path, rows: list[dict[str, Any]], result: dict[str
         by_ratio = {ratio: [r.get(name) for r in rows if r["ratio"] == ratio] for ratio in ratios}
         png = sweep_ratio_plot(name, by_ratio, tolerances.get(name), INDICATOR_DIRECTION[name])
         (run_dir / "plots" / f"ratio_{name}.png").write_bytes(png)
-        note = f"tolerance {tolerances[name]:.0%} (shaded)" if name in tolerances else ""
+        note = f"tolerance {tolerances[name]:.0%} (past the red line: unsafe)" if name in tolerances else ""
         cards.append(_card(png, name, COLLAPSE_SENTENCES.get(name, ""), note))
     records = [(row["ratio"], load_run(Path(row["run"]))) for row in rows]
     overlays = [_card(sweep_overlay_plot(name, records), name) for name in names]
@@ -45,8 +45,8 @@ def write_sweep_page(run_dir: Path, rows: list[dict[str, Any]], result: dict[str
         f"<p class='meta'><b>runs:</b> {len(rows)} · <b>ratios:</b> {e(', '.join(_fmt(r) for r in ratios))} · "
         f"<b>seeds:</b> {e(', '.join(str(s) for s in result['seeds']))} · <b>steps per run:</b> {result['steps']}</p>"
         f"{_verdict_box(result)}<h2>Final value against the synthetic ratio</h2>"
-        "<p class='meta'>Line: mean over seeds; band: min-max over seeds; dotted: the ratio-0 mean; green: what "
-        f"the tolerance allows.</p><div class='grid'>{''.join(cards)}</div>"
+        "<p class='meta'>Line: mean over seeds; band: min-max over seeds; dotted: the ratio-0 mean; red: past "
+        f"the tolerance, the way collapse moves the indicator.</p><div class='grid'>{''.join(cards)}</div>"
         f"<h2>Per ratio (mean over seeds, change vs ratio 0)</h2>{_table(rows, names, ratios)}"
         f"<h2>Every run's evals against the step</h2><p class='legend'>{legend}</p>"
         f"<div class='grid'>{''.join(overlays)}</div></body></html>\n"
