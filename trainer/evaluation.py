@@ -34,12 +34,13 @@ def realized_ratio(run: Run) -> float | None:
     return counted["synthetic"] / total if total else None
 
 
-def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, Any]]:
+def evaluate(run: Run, ratio_so_far: float | None = None) -> list[dict[str, Any]]:
     """Measure the collapse indicators (step 0: the baseline and the reference) on the main process, or on every
     process when the weights are sharded (each forward gathers them from all); every process gets the alerts,
-    so actions apply everywhere."""
+    so actions apply everywhere (collective: call on every rank)."""
     alerts: list[dict[str, Any]] = []
     progress, monitor = run.progress, run.monitor
+    progress.evaluated_step = progress.step  # on every rank, so all agree on whether the last step needs an eval
     if monitor is not None:
         started = time.perf_counter()
         values = monitor.measure(run.unwrapped)
@@ -54,12 +55,11 @@ def evaluate(run: Run, realized_ratio: float | None = None) -> list[dict[str, An
             step=progress.step,
             epoch=epoch,
             **values,
-            realized_synthetic_ratio=realized_ratio,
+            realized_synthetic_ratio=ratio_so_far,
             target_synthetic_ratio=run.mixer.target_ratio(max(epoch, 1)),
             sampling=dataclasses.asdict(run.config.collapse.sampling),
             seconds=round(time.perf_counter() - started, 3),
         )
-        progress.evaluated_step = progress.step
         for alert in alerts:
             run.log.event("alert", **alert)
         if run.accelerator.is_main_process:

@@ -272,8 +272,9 @@ def fit(run: Run) -> None:
                 end_epoch(run)
         bar.close()
         if config.collapse.enabled and progress.evaluated_step != progress.step and not run.preempted:
-            # train.max_steps (or a stop rule) ended the run mid-epoch: its final state still gets measured.
-            apply_actions(run, evaluate(run, realized_ratio(run)))
+            # train.max_steps ended the run mid-epoch: its final state still gets measured (a stop rule fires
+            # at an eval, so that step has one). No action is left to take: the run ends here.
+            evaluate(run, realized_ratio(run))
         if run.checkpointed_step != progress.step:  # stopped between checkpoints: keep the run continuable
             save_checkpoint(run)
     if run.preempted:

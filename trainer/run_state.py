@@ -50,8 +50,7 @@ class Progress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from progress.json (`evaluated_step` is absent from checkpoints written before it existed)."""
         for field in dataclasses.fields(self):
-            if field.name in state or field.name != "evaluated_step":
-                setattr(self, field.name, state[field.name])
+            setattr(self, field.name, state.get(field.name) if field.name == "evaluated_step" else state[field.name])
 
 
 @dataclasses.dataclass

@@ -172,6 +172,17 @@ def test_two_process_run_writes_one_complete_run_folder(reference_run: Path):
 
 
 @pytest.mark.slow
+def test_a_two_process_run_stopped_mid_epoch_by_max_steps_ends_with_an_eval_at_its_last_step(
+    tiny_config: Path, tmp_path: Path
+):
+    """Only the main process holds the collapse monitor; every process must still agree that the last step needs
+    an eval (a collective), or the run hangs at its end."""
+    run = _train(tiny_config, tmp_path / "run", "--train.max_steps", "3", *PROBE_OVERRIDES)
+    (end,) = _events(run, "end")
+    assert [e["step"] for e in _events(run, "eval")] == [0, 3] and end["step"] == 3
+
+
+@pytest.mark.slow
 def test_rank_shares_are_disjoint_and_cover_the_single_process_plan(mixers: dict):
     corpora, single, ranks = mixers["corpora"], mixers["single"].plan(1), [m.shard_plan(1) for m in mixers["ranks"]]
     shares = [_entries(corpora, plan) for plan in ranks]
