@@ -16,7 +16,7 @@ The hook's parts are timed by wrapping them in this process: held-out scoring (`
 per-text perplexity percentiles), sampling (`sample_continuations`), the sample indicators (`_indicators`,
 self_bleu among them), the samples scored by the base model (`_embed`: its perplexity and hidden states; at
 step 0 also the real continuations) with the Vendi score (`_model_scored`), and the report that is rewritten
-after each eval (`trainer.loop._write_report`), which the eval's `seconds` does not include.
+after each eval (`trainer.evaluation.write_run_report`), which the eval's `seconds` does not include.
 """
 
 from __future__ import annotations

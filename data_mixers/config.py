@@ -214,11 +214,9 @@ def validate_verifier(verifier: VerifierConfig) -> None:
         raise ConfigError(f"{key}.quantile: must be in [0, 1], got {verifier.quantile}")
     if verifier.max_ppl is not None and verifier.max_ppl <= 0:
         raise ConfigError(f"{key}.max_ppl: must be > 0, got {verifier.max_ppl}")
-    for name in ("real_examples", "max_tokens", "batch_size"):
-        if getattr(verifier, name) < 1:
-            raise ConfigError(f"{key}.{name}: must be at least 1, got {getattr(verifier, name)}")
-    if verifier.max_tokens < 2:
-        raise ConfigError(f"{key}.max_tokens: must be at least 2 (one token predicts the next), got 1")
+    for name, least in (("real_examples", 1), ("max_tokens", 2), ("batch_size", 1)):  # 2: one token predicts the next
+        if getattr(verifier, name) < least:
+            raise ConfigError(f"{key}.{name}: must be at least {least}, got {getattr(verifier, name)}")
 
 
 def validate_sources(data: DataConfig) -> None:

@@ -429,8 +429,9 @@ def _json_cell(cell: str, field: str) -> Any:
 
 
 def _text_records(path: Path, shown: str, reading: _Reading) -> Records:
-    """One record per blank-line-separated paragraph, read line by line (only a paragraph is held). A line that
-    is not UTF-8 ends the file: the paragraphs before it are kept, the rest is one malformed record."""
+    """One record per blank-line-separated paragraph, read line by line (a paragraph is held, and a file with
+    old-Mac line ends only, which has no newline byte, is one line). A line that is not UTF-8 ends the file: the
+    paragraphs before it are kept, the rest is one malformed record."""
     paragraph: list[str] = []
     start = lineno = 0
     with open(path, "rb") as handle:

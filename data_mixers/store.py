@@ -37,7 +37,7 @@ from data_mixers.encoding import EncodeSettings, encode_batch
 from data_mixers.sources import SourceStream, example_form, resolve_path
 from synthmix.files import atomic_folder, disk_full_is_an_error, sha256_of
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: a .txt file is read line by line, up to a line that is not UTF-8
 MANIFEST = "manifest.json"
 _HEAD_TAIL = 1 << 20
 _BATCH = 1024  # examples tokenized together: enough for the parallel path, little transient memory

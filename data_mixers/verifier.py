@@ -134,7 +134,9 @@ def verify_synthetic(
     examples scored (a seeded subset of at most `real_examples`), the threshold and the time taken."""
     started = time.perf_counter()
     config = verifier.config
-    chosen = np.random.default_rng(seed).permutation(len(real))[: config.real_examples]
+    # An absolute limit needs no real text scored.
+    count = 0 if config.max_ppl is not None else config.real_examples
+    chosen = np.random.default_rng(seed).permutation(len(real))[:count]
     real_ppls = verifier.perplexities([real[i] for i in sorted(chosen)], "verifier: real") if len(chosen) else []
     threshold = keep_threshold(list(real_ppls), config)
     masks = [verifier.perplexities(examples, "verifier: synthetic") <= threshold for examples in synthetic]

@@ -291,7 +291,10 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
     from trainer.sweep import Sweep, run_sweep
 
-    seeds = [int(s) for s in _floats("--seeds", args.seeds)]
+    try:
+        seeds = [int(part) for part in args.seeds.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: comma-separated integers expected, got {args.seeds!r}") from None
     sweep = Sweep(
         config=config,
         run_dir=args.run_dir or Path(config.output_dir) / "sweep",

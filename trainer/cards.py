@@ -49,7 +49,7 @@ def model_card(events: list[dict[str, Any]], folder_name: str = "adapter") -> st
             "library_name": "peft" if adapter else "transformers",
             "pipeline_tag": "text-generation",
             "tags": TAGS + (["lora"] if adapter else []),
-            "datasets": datasets or [s["name"] for s in sources],
+            "datasets": datasets,  # hub dataset ids only: local sources are listed in the card's body
         }
     )
     what = (

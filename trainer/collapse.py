@@ -77,10 +77,9 @@ class CollapseMonitor:
     def _reference(self, contents: list[list[int]], chosen: list[tuple[int, list[int]]]) -> dict[str, float]:
         """The sample indicators of the real text itself: what follows each prompt, as long as a sample."""
         start, length = self.config.prompt_tokens, self.config.sampling.max_new_tokens
-        # A text reused as a prompt counts once.
-        first_use = {index: prompt for index, prompt in reversed(chosen)}
+        # A text reused as a prompt counts once (its prompt is always the same).
         self.real_continuations = [
-            (first_use[index], contents[index][start : start + length]) for index in dict.fromkeys(i for i, _ in chosen)
+            (prompt, contents[index][start : start + length]) for index, prompt in dict(chosen).items()
         ]
         return self._indicators([continuation for _, continuation in self.real_continuations])
 
@@ -102,7 +101,6 @@ class CollapseMonitor:
         try:
             scores = self._score_held_out(model)
             samples = sample_continuations(model, self.tokenizer, self.prompts, self.config.sampling)
-            model.eval()
             if self.model_reference is None:
                 real = self._embed(model, self.real_continuations)
                 self.center = real.pooled[real.counts > 0].mean(dim=0)
@@ -128,9 +126,9 @@ class CollapseMonitor:
         }
 
     def _embed(self, model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]]) -> _Scored:
-        """Each continuation scored after its prompt by the base model (the adapter disabled): its NLL, and its
-        mean-pooled last hidden state. The base model embeds every eval's samples, so the Vendi scores of a run
-        are comparable; without an adapter (full training) no base model is left: the current model embeds."""
+        """Each continuation scored after its prompt by the base model (the adapter disabled; without an adapter,
+        the model as it is): its NLL, and its mean-pooled last hidden state. The base model embeds every eval's
+        samples, so the Vendi scores of a run are comparable."""
         rows = [prompt + continuation for prompt, continuation in pairs]
         starts = [len(prompt) for prompt, _ in pairs]
         nll_sums, counts, pooled = [], [], []
@@ -144,14 +142,18 @@ class CollapseMonitor:
         return _Scored(nll_sums, torch.tensor(counts), torch.cat(pooled).float().cpu())
 
     def _model_scored(self, scored: _Scored, base_is_separate: bool) -> dict[str, float]:
-        """vendi_score of the non-empty continuations around the fixed center; with an adapter, also the base
-        model's perplexity of each continuation (mean and p90)."""
-        values = {"vendi_score": vendi_score(scored.pooled[scored.counts > 0], self.center)}
-        if base_is_separate:
-            ppls = per_example_perplexity(scored.nll_sums, scored.counts.tolist())
-            values["sample_base_ppl_mean"] = float(np.mean(ppls)) if ppls else math.nan
-            values["sample_base_ppl_p90"] = perplexity_quantiles(scored.nll_sums, scored.counts.tolist(), (90,))[90]
-        return values
+        """With an adapter: the base model's perplexity of each continuation (mean and p90) and the Vendi score
+        of the non-empty continuations around the fixed center. Without one (full training) nothing: the model
+        that scored them changes from eval to eval, so neither value would compare with the last."""
+        if not base_is_separate:
+            return {}
+        counts = scored.counts.tolist()
+        ppls = per_example_perplexity(scored.nll_sums, counts)
+        return {
+            "vendi_score": vendi_score(scored.pooled[scored.counts > 0], self.center),
+            "sample_base_ppl_mean": float(np.mean(ppls)) if ppls else math.nan,
+            "sample_base_ppl_p90": perplexity_quantiles(scored.nll_sums, counts, (90,))[90],
+        }
 
     def _forward(
         self, model: torch.nn.Module, rows: list[list[int]], starts: list[int], hidden: bool = False

@@ -224,7 +224,7 @@ def perplexity_quantiles(
     """Percentiles of the per-example perplexities exp(nll_i / n_i) (nats), {percentile: value}.
 
     Linear interpolation between order statistics (numpy's default), so p99 of 10 examples lies between the
-    9th and the 10th largest. Examples with no scored token are left out; empty input gives NaN.
+    two largest. Examples with no scored token are left out; empty input gives NaN.
     """
     per_example = per_example_perplexity(nll_sums, token_counts)
     if not per_example:

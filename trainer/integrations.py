@@ -22,7 +22,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -34,8 +34,10 @@ from synthmix.files import write_text
 from synthmix.schema import build
 from trainer.collapse import CollapseMonitor
 from trainer.config import CollapseConfig, validate_collapse
+from trainer.errors import TrainerError
 from trainer.run_log import RunLog
 
+T = TypeVar("T")
 STATE_FILE = "synthmix_collapse.json"
 """Beside each checkpoint of the trainer: the monitor's baseline and reference, for a resumed run."""
 
@@ -83,7 +85,6 @@ class CollapseCallback(TrainerCallback):
         path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / STATE_FILE
         if path.is_file():
             self.monitor.load_state_dict(json.loads(path.read_text()))
-            self._evaluated_step = state.global_step
         else:
             warnings.warn(
                 f"{path}: missing, so this resumed run measures a new collapse baseline at step {state.global_step}",
@@ -92,11 +93,20 @@ class CollapseCallback(TrainerCallback):
 
     # ------------------------------------------------------------------------------------------ events
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        trainer = self.trainer
+        if trainer is not None and (getattr(trainer, "is_fsdp_enabled", False) or trainer.is_deepspeed_enabled):
+            raise TrainerError(
+                "CollapseCallback measures on the main process only, and sharded weights (FSDP, DeepSpeed) need "
+                "every process in each forward: train unsharded, or with `synthmix train` (which shards with FSDP2)"
+            )
         self._log = RunLog(Path(args.output_dir), enabled=state.is_world_process_zero)
-        if state.global_step > 0:
+        if state.global_step > 0 and state.is_world_process_zero:
             self._restore(args, state)
-        if self.monitor.baseline is None:
+        # The main process decides (only it reads the checkpoint), so every process takes part in the same evals.
+        if _from_main_process(self.monitor.baseline is None):
             self._evaluate(args, state, control, kw["model"])
+        else:
+            self._evaluated_step = state.global_step
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         every = self.config.every_steps
@@ -150,11 +160,11 @@ class CollapseCallback(TrainerCallback):
         return alerts
 
 
-def _from_main_process(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The main process's alerts on every process (each waits for the main process's measurement here)."""
+def _from_main_process(value: T) -> T:
+    """The main process's `value` on every process (the others wait here for the main process's measurement)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return alerts
-    box = [alerts]
+        return value
+    box = [value]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
 

@@ -136,8 +136,9 @@ def sweep_ratio_plot(name: str, by_ratio: dict[float, list[float]], tolerance: f
     if tolerance is not None and kept[0][0] == 0:
         anchor = sum(kept[0][1]) / len(kept[0][1])
         ax.axhline(anchor, color="black", ls=":", lw=1.2)
-        limits = [anchor * (1 - tolerance)] if direction >= 0 else []
-        limits += [anchor * (1 + tolerance)] if direction <= 0 else []
+        band = tolerance * abs(anchor) if anchor != 0 else tolerance  # from 0 the verdict takes the absolute change
+        limits = [anchor - band] if direction >= 0 else []
+        limits += [anchor + band] if direction <= 0 else []
         bottom, top = ax.get_ylim()
         bottom, top = min(bottom, *limits), max(top, *limits)
         pad = 0.06 * (top - bottom)  # some of the red side stays in view

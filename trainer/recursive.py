@@ -34,7 +34,7 @@ from synthmix.files import write_text
 from trainer.config import RunConfig
 from trainer.errors import TrainerError
 from trainer.loop import train
-from trainer.run_log import METRICS, read_events
+from trainer.run_log import METRICS, read_events, run_finished
 from trainer.sampling import SamplingConfig
 from trainer.synthetic import generate_corpus
 
@@ -77,7 +77,7 @@ def run_experiment(exp: Experiment) -> Path:
                 flush=True,
             )
             _sample_corpus(exp, generation, real_texts, corpus)
-        if not _finished(folder):
+        if not run_finished(folder):
             share = _generation_config(exp, generation).data.synthetic_ratio
             print(
                 f"[generation {generation}/{exp.generations}] fine-tuning ({exp.strategy}, synthetic share "
@@ -183,17 +183,13 @@ def _synthetic_source(exp: Experiment, generation: int) -> SourceConfig:
     return SourceConfig(name=f"gen-{generation}", kind="synthetic", path=str(path))
 
 
-def _finished(folder: Path) -> bool:
-    return any(e.get("event") == "end" for e in read_events(folder / METRICS))
-
-
 def _write_summary(exp: Experiment) -> None:
     """generations.jsonl, derived from the generation folders (so a restart never duplicates a line)."""
     lines = []
     for generation in range(1, exp.generations + 1):
         events = read_events(exp.run_dir / f"gen-{generation}" / METRICS)
         evals = [e for e in events if e.get("event") == "eval"]
-        if not evals or not _finished(exp.run_dir / f"gen-{generation}"):
+        if not evals or not run_finished(exp.run_dir / f"gen-{generation}"):
             break
         if generation == 1:
             lines.append(_summary_line(exp, 0, evals[0], None))  # the base model, before any update

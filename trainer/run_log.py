@@ -119,6 +119,11 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in flat.items()}
 
 
+def run_finished(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` logged its `end` event (finished, stopped or preempted)."""
+    return any(e.get("event") == "end" for e in read_events(run_dir / METRICS))
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Every JSON object of a JSON Lines file (metrics.jsonl, generations.jsonl); none when the file is missing.
     A line that is not a JSON object is a TrainerError naming the file and line."""

@@ -31,7 +31,8 @@ import numpy as np
 from synthmix.errors import ConfigError
 from synthmix.files import write_text
 from trainer.config import INDICATOR_DIRECTION, RunConfig, validate
-from trainer.run_log import METRICS, read_events
+from trainer.errors import TrainerError
+from trainer.run_log import METRICS, read_events, run_finished
 
 SWEEP_FILE = "sweep.jsonl"
 VERDICT_FILE = "verdict.json"
@@ -79,7 +80,7 @@ def check_sweep(sweep: Sweep) -> None:
 # ---------------------------------------------------------------------------------------------- the runs
 def run_name(ratio: float, seed: int) -> str:
     """The folder of one run: ratio-0.25-seed-1."""
-    return f"ratio-{ratio:g}-seed-{seed}"
+    return f"ratio-{ratio:.10g}-seed-{seed}"
 
 
 def run_sweep(sweep: Sweep) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
     check_sweep(sweep)
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     configs = plan_runs(sweep)
-    todo = [(ratio, seed, c) for (ratio, seed), c in configs.items() if not _finished(Path(c.output_dir))]
+    todo = [(ratio, seed, c) for (ratio, seed), c in configs.items() if not run_finished(Path(c.output_dir))]
     print(f"sweep: {len(configs)} runs of {sweep.steps} steps each; {len(configs) - len(todo)} already finished")
     if sweep.jobs == 1:
         for ratio, seed, config in todo:
@@ -97,10 +98,20 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter per run: no state shared via fork
         with ProcessPoolExecutor(max_workers=sweep.jobs, mp_context=context, initializer=_one_thread) as pool:
             futures = {pool.submit(_train_one, config): (ratio, seed) for ratio, seed, config in todo}
-            for future, (ratio, seed) in futures.items():
-                future.result()  # the first failure raises here, as it would in a single process
-                print(f"[ratio {ratio:g}, seed {seed}] done", flush=True)
+            try:
+                for future, (ratio, seed) in futures.items():
+                    future.result()  # the first failure raises here, as it would in a single process
+                    print(f"[ratio {ratio:g}, seed {seed}] done", flush=True)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # runs not started yet stay unstarted
+                raise
     rows = [final_row(ratio, seed, Path(c.output_dir)) for (ratio, seed), c in configs.items()]
+    short = [row for row in rows if row["step"] != sweep.steps]
+    if short:
+        raise TrainerError(
+            f"{short[0]['run']}: its last eval is at step {short[0]['step']}, not {sweep.steps}; the verdict compares "
+            "runs at equal steps (a run that ended early, or a run folder from another sweep: use another --run-dir)"
+        )
     write_text(sweep.run_dir / SWEEP_FILE, "".join(json.dumps(row) + "\n" for row in rows))
     result = {**verdict(rows, sweep.tolerances), "steps": sweep.steps, "seeds": sweep.seeds, "ratios": sweep.ratios}
     write_text(sweep.run_dir / VERDICT_FILE, json.dumps(result, indent=2) + "\n")
@@ -123,13 +134,12 @@ def plan_runs(sweep: Sweep) -> dict[tuple[float, int], RunConfig]:
     configs = {}
     single = sweep.jobs == 1  # progress bars of runs side by side would garble each other
     for ratio in sorted(sweep.ratios):
-        config = _with_ratio(base, ratio)
-        epochs = _epochs_for(config, corpora.train, sweep.steps)
         for seed in sweep.seeds:
+            config = _with_ratio(dataclasses.replace(base, seed=seed), ratio)
+            epochs = _epochs_for(config, corpora.train, sweep.steps)  # the seed draws the mix: per seed
             rules = [dataclasses.replace(rule, action="warn") for rule in config.collapse.rules]
             run = dataclasses.replace(
                 config,
-                seed=seed,
                 output_dir=str(sweep.run_dir / run_name(ratio, seed)),
                 train=dataclasses.replace(
                     config.train, epochs=epochs, max_steps=sweep.steps, progress=config.train.progress and single
@@ -186,10 +196,6 @@ def _train_one(config: RunConfig) -> None:
     train(config, resume="latest" if (folder / "checkpoints").is_dir() else None)
 
 
-def _finished(folder: Path) -> bool:
-    return any(e.get("event") == "end" for e in read_events(folder / METRICS))
-
-
 def final_row(ratio: float, seed: int, folder: Path) -> dict[str, Any]:
     """One line of sweep.jsonl: the run's last eval (every indicator), its step and how it ended."""
     events = read_events(folder / METRICS)
@@ -235,6 +241,11 @@ def verdict(rows: list[dict[str, Any]], tolerances: dict[str, float]) -> dict[st
         raise ConfigError("the sweep's runs need ratio 0, the real-only anchor")
     per_ratio = {r: _summary([row for row in rows if row["ratio"] == r], tolerances) for r in ratios}
     anchor = per_ratio[0.0]
+    for name in tolerances:
+        if not math.isfinite(anchor[name]["mean"]):
+            raise ConfigError(
+                f"--tolerance {name}: the ratio-0 runs' mean is {anchor[name]['mean']}; nothing to compare with"
+            )
     safe: float | None = None
     limited_by = None
     for ratio in ratios[1:]:

@@ -23,7 +23,7 @@ def test_the_adapter_folder_carries_a_card_of_what_the_run_logged(reference) -> 
     header, body = header_and_body(card)
     assert header["library_name"] == "peft" and "lora" in header["tags"] and "synthmix" in header["tags"]
     assert "base_model" not in header  # built from model.arch: no hub or folder to name
-    assert header["datasets"] == ["docs", "syn"]
+    assert "datasets" not in header  # local sources only: the header field takes hub dataset ids
     (config,) = [e for e in reference.events if e["event"] == "config"]
     for source in config["sources"]:
         assert f"| {source['name']} | {source['kind']} | {source['examples']:,} | {source['tokens']:,} |" in body

@@ -118,7 +118,11 @@ def test_every_run_trains_the_same_number_of_steps_and_ends_with_an_eval(swept: 
 def test_the_verdict_and_the_page_are_written(swept: Path) -> None:
     result = json.loads((swept / "verdict.json").read_text())
     assert set(result) >= {"safe_ratio", "limited_by", "tolerances", "message", "per_ratio", "steps", "seeds"}
-    assert result["safe_ratio"] in (None, 0.6) and result["tolerances"] == DEFAULT_TOLERANCES
+    lines = [json.loads(line) for line in (swept / "sweep.jsonl").read_text().splitlines()]
+    assert {k: result[k] for k in ("safe_ratio", "limited_by")} == {
+        k: verdict(lines, DEFAULT_TOLERANCES)[k] for k in ("safe_ratio", "limited_by")
+    }  # the verdict written is the verdict of the runs written
+    assert result["tolerances"] == DEFAULT_TOLERANCES
     page = (swept / "sweep.html").read_text()
     assert "<h2>Verdict</h2>" in page and result["message"].split(":")[0] in page
     assert page.count("data:image/png;base64,") >= 2 * 3  # every indicator: against the ratio, and overlaid

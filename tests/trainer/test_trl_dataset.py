@@ -32,6 +32,16 @@ def mix(tmp_path_factory: pytest.TempPathFactory, write_tiny_config) -> tuple[An
     return config, build_corpora(config.data, config.tokenizer)
 
 
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """TRL's SFTConfig turns bf16 on, and accelerate keeps one process-wide state: reset it after each test, or
+    the next synthmix run in this process would be refused a different mixed precision."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
 def stream_of(mix: tuple[Any, Any], **changes: Any) -> MixedStream:
     config, corpora = mix
     settings = dict(seed=config.seed, epochs=config.train.epochs, seq_len=config.train.seq_len,
