@@ -2,7 +2,8 @@
 
     python scripts/trl_sft.py --config configs/tiny.yaml --output_dir runs/trl [--resume latest|PATH]
                               [--section.key VALUE ...]
-    accelerate launch scripts/trl_sft.py --config ... --output_dir ...   # several processes (not yet tested)
+    (several processes do not work yet: under torchrun on CPU the ranks form one group but the run fails after
+    its first eval; the single-process path is tested)
 
 Any synthmix run config: its data and tokenizer sections build the stream (`data_mixers.torch_dataset.MixedStream`,
 each process its own share, every epoch at the configured ratio), its model and lora sections the model, its train
@@ -29,6 +30,7 @@ from data_mixers.torch_dataset import MixedStream
 from synthmix.errors import ConfigError, UserError
 from trainer.attention import choose_attention
 from trainer.config import RunConfig, load_config
+from trainer.distributed import several_cpu_processes
 from trainer.integrations import CollapseCallback, attach_stream
 from trainer.model import add_lora, build_model, resolve_dtype
 
@@ -77,7 +79,8 @@ def build(config: RunConfig) -> tuple[Any, MixedStream, CollapseCallback | None]
     from trl import SFTTrainer
 
     corpora = build_corpora(config.data, config.tokenizer, progress=config.train.progress, base_model=config.model.name)
-    tokenizer, processes = corpora.tokenizer, PartialState()
+    # On CPU, accelerate joins the launcher's processes into one gloo group only when told it runs on CPU.
+    tokenizer, processes = corpora.tokenizer, PartialState(cpu=several_cpu_processes())
     device = processes.device
     model = build_model(config.model, tokenizer, resolve_dtype(config.model, device.type == "cuda"),
                         choose_attention(config.model.attn_implementation, device).kind, device)  # fmt: skip

@@ -28,13 +28,13 @@ def make_accelerator(
         project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard"))
     return Accelerator(
         mixed_precision=resolve_mixed_precision(mixed_precision),
-        cpu=_several_cpu_processes(),
+        cpu=several_cpu_processes(),
         log_with=trackers or None,
         project_config=project,
     )
 
 
-def _several_cpu_processes() -> bool:
+def several_cpu_processes() -> bool:
     """Whether torchrun (or `accelerate launch --multi_gpu`) started several processes on a machine without a
     GPU: accelerate joins them into one gloo group only when told it runs on CPU; otherwise every process
     would train alone on all the data and write the same run folder."""

@@ -20,7 +20,6 @@ HOOK = {"num_prompts": 4, "prompt_tokens": 8, "max_eval_texts": 4, "eval_seq_len
         "sampling": {"max_new_tokens": 8, "batch_size": 4}}  # fmt: skip
 
 
-
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """TRL's SFTConfig turns bf16 on, and accelerate keeps one process-wide state: reset it after each test, or
@@ -29,6 +28,7 @@ def fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
 
 def sft_trainer(tmp_path: Path, tiny_tokenizer, tiny_model, max_steps: int, **collapse):
     from trl import SFTConfig, SFTTrainer

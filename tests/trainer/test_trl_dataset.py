@@ -32,7 +32,6 @@ def mix(tmp_path_factory: pytest.TempPathFactory, write_tiny_config) -> tuple[An
     return config, build_corpora(config.data, config.tokenizer)
 
 
-
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """TRL's SFTConfig turns bf16 on, and accelerate keeps one process-wide state: reset it after each test, or
@@ -41,6 +40,7 @@ def fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
 
 def stream_of(mix: tuple[Any, Any], **changes: Any) -> MixedStream:
     config, corpora = mix
