@@ -27,6 +27,7 @@ from trainer.indicators import (
     perplexity,
     perplexity_quantiles,
     rare_tokens,
+    relative_change,
     sample_indicators,
     vendi_score,
 )
@@ -194,10 +195,7 @@ class CollapseMonitor:
             base, value = anchor.get(rule.indicator), values.get(rule.indicator)
             if base is None or value is None or not np.isfinite(base) or np.isnan(value):
                 continue
-            if np.isinf(value):
-                change = float(value)
-            else:
-                change = (value - base) / abs(base) if base != 0 else value - base
+            change = relative_change(float(value), base)
             if (rule.direction == "down" and change < -rule.threshold) or (
                 rule.direction == "up" and change > rule.threshold
             ):

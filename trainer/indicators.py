@@ -201,6 +201,14 @@ def next_token_entropy(logits: torch.Tensor, mask: torch.Tensor) -> float:
     return float(-p_log_p.sum(dim=-1).mean() / math.log(2))
 
 
+def relative_change(value: float, anchor: float) -> float:
+    """(value - anchor) / |anchor|, the absolute change from an anchor of 0; an infinite or NaN value stays so
+    (an overflowing perplexity is an infinite rise). Alert rules and the sweep's verdict both measure with it."""
+    if not math.isfinite(value):
+        return value
+    return (value - anchor) / abs(anchor) if anchor != 0 else value - anchor
+
+
 def perplexity(nll_sum: float, n_tokens: int) -> float:
     """exp(nll_sum / n_tokens), with nll_sum in nats; inf when that overflows."""
     if n_tokens <= 0:

@@ -32,6 +32,7 @@ from synthmix.errors import ConfigError
 from synthmix.files import write_text
 from trainer.config import INDICATOR_DIRECTION, RunConfig, validate
 from trainer.errors import TrainerError
+from trainer.indicators import relative_change
 from trainer.run_log import METRICS, read_events, run_finished
 
 SWEEP_FILE = "sweep.jsonl"
@@ -208,18 +209,11 @@ def final_row(ratio: float, seed: int, folder: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- the verdict
-def relative_change(value: float, anchor: float) -> float:
-    """(value - anchor) / |anchor|; the absolute change from an anchor of 0; inf for a non-finite value."""
-    if not math.isfinite(value):
-        return math.inf
-    return (value - anchor) / abs(anchor) if anchor != 0 else value - anchor
-
-
 def breaks_tolerance(name: str, change: float, tolerance: float) -> bool:
     """Whether `change` moves `name` the way collapse moves it by more than `tolerance` (either way for an
     indicator without a healthy direction)."""
     direction = INDICATOR_DIRECTION[name]
-    if math.isinf(change):
+    if not math.isfinite(change):  # a run that diverged (inf) or measured nothing (NaN) is not safe
         return True
     if direction > 0:
         return change < -tolerance

@@ -12,8 +12,9 @@ import pytest
 
 from synthmix.cli import main as synthmix
 from synthmix.errors import ConfigError
+from trainer.indicators import relative_change
 from trainer.run_log import METRICS, read_events
-from trainer.sweep import DEFAULT_TOLERANCES, breaks_tolerance, relative_change, verdict
+from trainer.sweep import DEFAULT_TOLERANCES, breaks_tolerance, verdict
 
 
 def rows(values: dict[float, list[dict[str, float]]]) -> list[dict]:
