@@ -242,34 +242,34 @@ def test_max_steps_mid_epoch_gets_a_final_eval(reference, tmp_path: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-def every_3(reference, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    root = tmp_path_factory.mktemp("every-3")
-    path = variant(reference, root, {"collapse": {"every_steps": 3, "rules": [rule("real_ppl", "down", 0.0001)]}})
+def every_10(reference, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    root = tmp_path_factory.mktemp("every-10")
+    path = variant(reference, root, {"collapse": {"every_steps": 10, "rules": [rule("real_ppl", "down", 0.0001)]}})
     return trained(path, root / "run")
 
 
-def test_every_steps_evaluates_between_epoch_ends_and_rules_fire_per_eval(reference, every_3) -> None:
-    ends = epoch_end_steps(every_3.events)
+def test_every_steps_evaluates_between_epoch_ends_and_rules_fire_per_eval(reference, every_10) -> None:
+    ends = epoch_end_steps(every_10.events)
     last = max(ends.values())
-    expected = sorted({0, *range(3, last + 1, 3), *ends.values()})
-    evals = of(every_3.events, "eval")
+    expected = sorted({0, *range(10, last + 1, 10), *ends.values()})
+    evals = of(every_10.events, "eval")
     assert [e["step"] for e in evals] == expected  # one eval at a step that is both
-    alerts = of(every_3.events, "alert")
+    alerts = of(every_10.events, "alert")
     assert [a["step"] for a in alerts] == expected[1:]  # LoRA lowers real_ppl from the first steps on
     mid = [e for e in evals if e["step"] and e["step"] not in ends.values()]
     assert all(e["epoch"] == (1 if e["step"] < ends[1] else 2) for e in mid)
     # Mid-epoch evals change nothing that training computes.
-    assert (every_3.output_dir / "adapter" / "adapter_model.safetensors").read_bytes() == reference.adapter_bytes
+    assert (every_10.output_dir / "adapter" / "adapter_model.safetensors").read_bytes() == reference.adapter_bytes
 
 
-def test_the_report_plots_per_eval_when_evals_come_between_epoch_ends(every_3) -> None:
+def test_the_report_plots_per_eval_when_evals_come_between_epoch_ends(every_10) -> None:
     from trainer.plots import eval_axis
     from trainer.run_record import load_run
 
-    record = load_run(every_3.output_dir)
+    record = load_run(every_10.output_dir)
     assert eval_axis([record]) == "step"
-    page = (every_3.output_dir / "report.html").read_text()
-    assert "<th>step 3 (epoch 1)</th>" in page and "<th>epoch 1</th>" in page
+    page = (every_10.output_dir / "report.html").read_text()
+    assert "<th>step 10 (epoch 1)</th>" in page and "<th>epoch 1</th>" in page
 
 
 def test_a_stop_rule_at_a_mid_epoch_eval_ends_the_run_there(reference, tmp_path: Path) -> None:
