@@ -35,14 +35,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from data_mixers.config import DataConfig
+from data_mixers.config import KINDS, DataConfig
 from data_mixers.corpus import Corpus
 from data_mixers.errors import MixerError
 from data_mixers.mixer import Example, Mixer
 
 IGNORE = -100
 FILLER_KIND = -1
-KIND_CODES = {"real": 0, "synthetic": 1}
+KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}  # as the trainer's packed batches code them
 
 
 @dataclasses.dataclass(frozen=True)
