@@ -99,10 +99,14 @@ def format_report(report: dict[str, Any]) -> str:
     )
     verifier = cleaning.get("verifier")
     if verifier:
+        real = (
+            f"; {verifier['real_scored']:,} real examples scored, median {verifier['real_ppl_median']:.4g}"
+            if verifier["real_scored"]
+            else ""  # an absolute max_ppl scores no real text
+        )
         lines.append(
             f"  verifier {verifier['model']}: kept {verifier['kept']:,} of {verifier['synthetic_scored']:,} synthetic "
-            f"examples ({verifier['rule']}: {verifier['threshold']:.4g}; {verifier['real_scored']:,} real examples "
-            f"scored, median {verifier['real_ppl_median']:.4g}) in {verifier['seconds']:.1f} s"
+            f"examples ({verifier['rule']}: {verifier['threshold']:.4g}{real}) in {verifier['seconds']:.1f} s"
         )
     lines += [
         "",

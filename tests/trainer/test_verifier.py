@@ -115,3 +115,22 @@ def test_bad_verifier_settings_are_one_line_errors(tmp_path: Path, base_model: P
     config = load_config(path, ["--data.filters.verifier.model", str(tmp_path / "no-such-model")])
     with pytest.raises(MixerError, match="data.filters.verifier.model: cannot load"):
         build_corpora(config.data, config.tokenizer, base_model=config.model.name)
+
+
+def test_inspect_describes_the_verifier_with_or_without_real_text_scored(
+    tmp_path: Path, base_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from synthmix.cli import main as synthmix
+
+    write_synthetic(tmp_path / "synthetic.jsonl")
+    path = verifier_config(tmp_path, base_model, tmp_path / "synthetic.jsonl")
+    assert synthmix(["inspect", "--config", str(path), "--data.allow_repeat", "true"]) == 0
+    assert "real examples scored, median" in capsys.readouterr().out
+    assert (
+        synthmix(
+            ["inspect", "--config", str(path), "--data.allow_repeat", "true", "--data.filters.verifier.max_ppl", "1e9"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "kept 40 of 40 synthetic examples (ppl <= 1000000000.0: 1e+09) in" in out and "median" not in out
