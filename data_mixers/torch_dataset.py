@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +43,8 @@ from data_mixers.mixer import Example, Mixer
 IGNORE = -100
 FILLER_KIND = -1
 KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}  # as the trainer's packed batches code them
+TRAINING_KEYS = ("input_ids", "labels", "seq_lengths")
+PROVENANCE_KEYS = ("kinds", "sources", "starts", "row")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +77,9 @@ class MixedStream(torch.utils.data.IterableDataset):
     ) -> None:
         """`rows_per_step`: rows one process takes per optimizer step (per-device batch x accumulation), the unit
         each epoch is padded to; `block`: the per-device batch size, the rows of one rank in a row of `global`
-        layout; `provenance`: also yield `kinds` (0 real, 1 synthetic, -1 filler, per token) and `sources`."""
+        layout; `provenance`: also yield `kinds` (0 real, 1 synthetic, -1 filler, per token), `sources`
+        ("source:index:start" per piece), `starts` (each piece's offset in its example; 0: the example starts
+        here) and `row` (the row's number in its rank's stream), which `KindCounter` reads."""
         if rows_per_step < 1:
             raise MixerError(f"rows_per_step: must be at least 1, got {rows_per_step}")
         if layout not in ("rank", "global"):
@@ -119,6 +123,10 @@ class MixedStream(torch.utils.data.IterableDataset):
     def epoch_end_steps(self) -> list[int]:
         """The optimizer step that ends each epoch (where synthmix evaluates and checkpoints)."""
         return [(self._epoch(e).start + self._epoch(e).rows) // self.rows_per_step for e in range(1, self.epochs + 1)]
+
+    def epoch_settings(self, epoch: int) -> dict[str, Any]:
+        """The plan settings of `epoch` (`target_ratio`, `unit`, `packing`, ...), as frozen when it was planned."""
+        return self._epoch(epoch).settings
 
     def _position(self, rows: int) -> tuple[int, int]:
         """(epoch, rows into it) after `rows` rows per rank; an epoch's end stays in that epoch."""
@@ -176,12 +184,12 @@ class MixedStream(torch.utils.data.IterableDataset):
     # ------------------------------------------------------------------------------------------ iteration
     def example(self) -> dict[str, Any]:
         """A row in the stream's format that moves nothing (a filler row), for constructors that peek at data."""
-        return self._encode([])
+        return self._encode([], 0)
 
     @property
     def column_names(self) -> list[str]:
         """The keys of every row (read by TRL instead of peeking at the first row)."""
-        return ["input_ids", "labels", "seq_lengths", *(["kinds", "sources"] if self.provenance else [])]
+        return [*TRAINING_KEYS, *(PROVENANCE_KEYS if self.provenance else ())]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the stream from where this object stands: each call continues, none restarts."""
@@ -206,19 +214,22 @@ class MixedStream(torch.utils.data.IterableDataset):
         """`count` rows per rank of the epoch the mixers stand in (filler past a rank's share)."""
         block = self.block if self.layout == "global" else count
         for _ in range(0, count, block):
+            first = self._rows
             for mixer in self._mixers:
-                for _ in range(min(block, count)):
-                    row = self._encode(mixer.next_row())
+                for i in range(min(block, count)):
+                    row = self._encode(mixer.next_row(), first + i)
                     if mixer is self._mixers[-1]:
                         self._rows += 1
                     yield row
             count -= block
 
-    def _encode(self, pieces: list[Example]) -> dict[str, Any]:
+    def _encode(self, pieces: list[Example], number: int) -> dict[str, Any]:
+        """Row `number` of its rank's stream (counted from the stream's start, filler included)."""
         pieces = [p for p in pieces if len(p.ids)]
         if not pieces:  # past this rank's share: a row that carries no loss and no data
             row = {"input_ids": [self.pad_id], "labels": [IGNORE], "seq_lengths": [1]}
-            return {**row, "kinds": [FILLER_KIND], "sources": []} if self.provenance else row
+            provenance = {"kinds": [FILLER_KIND], "sources": [], "starts": [], "row": number}
+            return {**row, **provenance} if self.provenance else row
         ids = [p.ids.astype(np.int64) for p in pieces]
         labels = []
         for piece, piece_ids in zip(pieces, ids):
@@ -231,6 +242,8 @@ class MixedStream(torch.utils.data.IterableDataset):
         if self.provenance:
             row["kinds"] = [KIND_CODES[p.kind] for p in pieces for _ in range(len(p.ids))]
             row["sources"] = [f"{p.source}:{p.index}:{p.start}" for p in pieces]
+            row["starts"] = [int(p.start) for p in pieces]
+            row["row"] = number
         return row
 
 
@@ -249,3 +262,43 @@ def _seek(mixer: Mixer, epoch: int, rows: int, settings: dict[str, Any], planner
     position = int(np.searchsorted(ends, tokens, side="right"))
     mixer.position = position
     mixer.token_offset = tokens - (int(ends[position - 1]) if position else 0)
+
+
+class KindCounter:
+    """A collator for a stream with provenance: counts the tokens and the started examples of each kind in the
+    rows it collates, by the optimizer step that trains them, then collates the rows without their provenance.
+
+    By step, not by time: the dataloader collates ahead of training (accelerate prefetches a batch, the Trainer
+    fetches a step's micro-batches at once), so "counted so far" would include rows no step has trained yet.
+    Row `n` of a rank's stream is trained by step `n // rows_per_step + 1`, whatever was prefetched."""
+
+    def __init__(self, collate: Callable[[list[dict[str, Any]]], Any], rows_per_step: int) -> None:
+        self.collate, self.rows_per_step = collate, rows_per_step
+        self._by_step: dict[int, np.ndarray] = {}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> Any:
+        for row in rows:
+            if "row" not in row:
+                raise MixerError("KindCounter: the rows carry no provenance (MixedStream(..., provenance=True))")
+            step = row["row"] // self.rows_per_step + 1
+            self._by_step[step] = self._by_step.get(step, 0) + kind_counts(row)
+        return self.collate([{key: row[key] for key in TRAINING_KEYS} for row in rows])
+
+    def counted(self, through: int) -> np.ndarray:
+        """Counts of the steps up to `through` (not forgotten yet) on this process, as `kind_counts` orders them."""
+        return sum((c for step, c in self._by_step.items() if step <= through), np.zeros(4, np.int64))
+
+    def forget(self, through: int) -> None:
+        """Drop the counts of the steps up to `through` (an epoch that was reported)."""
+        self._by_step = {step: c for step, c in self._by_step.items() if step > through}
+
+
+def kind_counts(row: dict[str, Any]) -> np.ndarray:
+    """[real tokens, synthetic tokens, real examples started, synthetic examples started] of a provenance row
+    (filler counts nothing; an example continued from an earlier row counts its tokens, not itself)."""
+    kinds = np.asarray(row["kinds"], np.int64)
+    tokens = np.bincount(kinds[kinds >= 0], minlength=len(KINDS))
+    starts = np.asarray(row["starts"], np.int64)
+    first_token = np.cumsum([0, *row["seq_lengths"][:-1]])[: len(starts)]
+    started = kinds[first_token][starts == 0]
+    return np.concatenate([tokens, np.bincount(started, minlength=len(KINDS))])

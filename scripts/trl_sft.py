@@ -2,16 +2,17 @@
 
     python scripts/trl_sft.py --config configs/tiny.yaml --output_dir runs/trl [--resume latest|PATH]
                               [--section.key VALUE ...]
-    (several processes do not work yet: under torchrun on CPU the ranks form one group but the run fails after
-    its first eval; the single-process path is tested)
+    torchrun --nproc_per_node N scripts/trl_sft.py ...          (or accelerate launch --multi_gpu --num_processes N)
 
 Any synthmix run config: its data and tokenizer sections build the stream (`data_mixers.torch_dataset.MixedStream`,
 each process its own share, every epoch at the configured ratio), its model and lora sections the model, its train
 section TRL's `SFTConfig` (batch, accumulation, learning rate and schedule, clipping, seed, `report_to`), its
 collapse section the `CollapseCallback`. TRL trains on the packed rows as they come (padding-free: position ids
-restart per example), evaluates at step 0, every `collapse.every_steps` and at every epoch end, checkpoints every
-`checkpoint.every_steps` and at every epoch end, and leaves OUTPUT_DIR/metrics.jsonl (eval events),
-OUTPUT_DIR/report.html and the adapter in OUTPUT_DIR/adapter/. `--resume` continues the stream at the next row.
+restart per example). At the end of each of the stream's epochs the realized ratio is logged, the collapse hook
+evaluates and a checkpoint is written; the hook also evaluates at step 0 and every `collapse.every_steps`, and
+checkpoints come every `checkpoint.every_steps`. It leaves OUTPUT_DIR/metrics.jsonl (config, epoch, eval, alert
+and end events), OUTPUT_DIR/report.html and the adapter with synthmix's model card in OUTPUT_DIR/adapter/.
+`--resume` continues the stream at the next row.
 """
 
 from __future__ import annotations
@@ -23,32 +24,22 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from data_mixers.corpus import build_corpora
 from data_mixers.torch_dataset import MixedStream
 from synthmix.errors import ConfigError, UserError
+from synthmix.files import write_text
+from synthmix.schema import to_dict
 from trainer.attention import choose_attention
+from trainer.cards import CARD, model_card
 from trainer.config import RunConfig, load_config
 from trainer.distributed import several_cpu_processes
 from trainer.integrations import CollapseCallback, attach_stream
 from trainer.model import add_lora, build_model, resolve_dtype
+from trainer.run_log import METRICS, RunLog, read_events
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-
-
-class EpochEnds(TrainerCallback):
-    """At the step that ends each of the stream's epochs: the collapse eval, then a checkpoint, as synthmix does
-    (the Trainer sees the whole stream as one of its epochs, so its own epoch end comes only at the last step)."""
-
-    def __init__(self, steps: list[int], collapse: CollapseCallback | None) -> None:
-        self.steps, self.collapse = set(steps), collapse
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if state.global_step in self.steps:
-            if self.collapse is not None:
-                self.collapse.on_epoch_end(args, state, control, **kw)
-            control.should_save = True
 
 
 def sft_config(config: RunConfig, output_dir: str) -> Any:
@@ -70,18 +61,23 @@ def sft_config(config: RunConfig, output_dir: str) -> Any:
         save_strategy="steps", save_steps=config.checkpoint.every_steps or 10**9,
         save_total_limit=config.checkpoint.keep_last, padding_free=True, max_length=None,
         dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward: no graph walk per step
     )  # fmt: skip
 
 
-def build(config: RunConfig) -> tuple[Any, MixedStream, CollapseCallback | None]:
-    """The SFTTrainer on the stream, with the callbacks attached."""
+def build(config: RunConfig) -> tuple[Any, Any]:
+    """The SFTTrainer on the stream, with the callbacks attached, and the corpora it was built from."""
     from accelerate import PartialState
+    from accelerate.utils import set_seed
     from trl import SFTTrainer
 
-    corpora = build_corpora(config.data, config.tokenizer, progress=config.train.progress, base_model=config.model.name)
     # On CPU, accelerate joins the launcher's processes into one gloo group only when told it runs on CPU.
-    tokenizer, processes = corpora.tokenizer, PartialState(cpu=several_cpu_processes())
-    device = processes.device
+    processes = PartialState(cpu=several_cpu_processes())
+    with processes.main_process_first():  # the main process builds the store and the tokenizer, the others map
+        corpora = build_corpora(config.data, config.tokenizer, progress=config.train.progress,
+                                base_model=config.model.name)  # fmt: skip
+    tokenizer, device = corpora.tokenizer, processes.device
+    set_seed(config.seed)  # a base built from model.arch: the same weights in every run, a resumed one included
     model = build_model(config.model, tokenizer, resolve_dtype(config.model, device.type == "cuda"),
                         choose_attention(config.model.attn_implementation, device).kind, device)  # fmt: skip
     model = add_lora(model, config.lora).train()
@@ -95,13 +91,10 @@ def build(config: RunConfig) -> tuple[Any, MixedStream, CollapseCallback | None]
     args = sft_config(config, config.output_dir)
     trainer = SFTTrainer(model=model, args=args, train_dataset=placeholder, processing_class=tokenizer)
     attach_stream(trainer, stream)
-    collapse = None
     if config.collapse.enabled:
         held_out = [ids.tolist() for ids in corpora.held_out]
-        collapse = CollapseCallback(held_out, tokenizer, trainer, config.collapse)
-        trainer.add_callback(collapse)
-    trainer.add_callback(EpochEnds(stream.epoch_end_steps(), collapse))
-    return trainer, stream, collapse
+        trainer.add_callback(CollapseCallback(held_out, tokenizer, trainer, config.collapse))
+    return trainer, corpora
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,12 +104,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", help="latest (the newest checkpoint in output_dir) or a checkpoint folder")
     args, overrides = parser.parse_known_args(argv)
     config = load_config(args.config, [*overrides, "--output_dir", args.output_dir])
+    output = Path(config.output_dir)
     resume: bool | str | None = True if args.resume == "latest" else args.resume
-    if isinstance(resume, str) and not Path(resume).is_dir():
-        raise ConfigError(f"--resume: {resume} is not a checkpoint folder")
-    trainer, _, _ = build(config)
+    if isinstance(resume, str) and not (Path(resume).is_dir() and Path(resume).parent.resolve() == output.resolve()):
+        raise ConfigError(f"--resume: {resume} is not a checkpoint folder of --output_dir {output} (the callbacks "
+                          "read their state beside the Trainer's checkpoints there)")  # fmt: skip
+    if resume is True and not (output.is_dir() and get_last_checkpoint(str(output))):
+        raise ConfigError(f"--resume latest: {output} holds no checkpoint-N folder to resume")
+    if resume is None and (output / METRICS).exists():
+        raise ConfigError(f"output_dir {output} already holds a run; pass --resume latest to continue it, "
+                          "or choose another output_dir")  # fmt: skip
+    trainer, corpora = build(config)
+    log = RunLog(output, enabled=trainer.is_world_process_zero())
+    if resume is None:
+        log.event("config", config=to_dict(config), sources=[vars(r) for r in corpora.reports],
+                  world_size=trainer.accelerator.num_processes, trainer="trl.SFTTrainer")  # fmt: skip
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(Path(config.output_dir) / "adapter"))
+    adapter = output / "adapter"
+    trainer.save_model(str(adapter))  # every process takes part
+    step, planned = trainer.state.global_step, trainer.args.max_steps
+    log.event("end", step=step, status="finished" if step >= planned else "stopped", output=str(adapter))
+    if trainer.is_world_process_zero():  # peft wrote a card of its own: synthmix's says what the run trained on
+        write_text(adapter / CARD, model_card(read_events(output / METRICS)))
     return 0
 
 

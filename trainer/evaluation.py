@@ -11,9 +11,12 @@ import math
 import time
 from typing import Any
 
+import torch
 from accelerate.utils import broadcast_object_list
 
+from trainer.collapse import CollapseMonitor
 from trainer.distributed import max_over_ranks
+from trainer.run_log import RunLog
 from trainer.run_state import Run
 from trainer.schedule import rows_per_step, steps_in_epoch
 
@@ -42,32 +45,44 @@ def evaluate(run: Run, ratio_so_far: float | None = None) -> list[dict[str, Any]
     progress, monitor = run.progress, run.monitor
     progress.evaluated_step = progress.step  # on every rank, so all agree on whether the last step needs an eval
     if monitor is not None:
-        started = time.perf_counter()
-        values = monitor.measure(run.unwrapped)
         epoch = progress.epoch if progress.step else 0
-        if monitor.baseline is None:
-            monitor.baseline = values
-            run.log.event("reference", step=0, **monitor.reference)
-        else:
-            alerts = monitor.alerts(values, progress.step, epoch)
-        run.log.event(
-            "eval",
-            step=progress.step,
-            epoch=epoch,
-            **values,
+        _, alerts = record_eval(
+            monitor,
+            run.log,
+            run.unwrapped,
+            progress.step,
+            epoch,
             realized_synthetic_ratio=ratio_so_far,
             target_synthetic_ratio=run.mixer.target_ratio(max(epoch, 1)),
-            sampling=dataclasses.asdict(run.config.collapse.sampling),
-            seconds=round(time.perf_counter() - started, 3),
         )
-        for alert in alerts:
-            run.log.event("alert", **alert)
-        if run.accelerator.is_main_process:
-            for alert in alerts:
-                print(f"collapse alert: {alert['message']}", flush=True)
-            if run.config.collapse.report:
-                write_run_report(run)
+        if run.accelerator.is_main_process and run.config.collapse.report:
+            write_run_report(run)
     return broadcast_object_list([alerts])[0]
+
+
+def record_eval(
+    monitor: CollapseMonitor, log: RunLog, model: torch.nn.Module, step: int, epoch: float, **fields: Any
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Measure the indicators and log them, as every synthmix eval does (the loop's and `CollapseCallback`'s):
+    the first measurement is the baseline (with the real text's `reference` event), later ones go through the
+    alert rules; one `eval` event (with `fields`), then an `alert` event per alert, printed where the log
+    writes. Returns the values and the alerts."""
+    started = time.perf_counter()
+    values = monitor.measure(model)
+    alerts: list[dict[str, Any]] = []
+    if monitor.baseline is None:
+        monitor.baseline = values
+        log.event("reference", step=0, **monitor.reference)
+    else:
+        alerts = monitor.alerts(values, step, epoch)
+    sampling = dataclasses.asdict(monitor.config.sampling)
+    seconds = round(time.perf_counter() - started, 3)
+    log.event("eval", step=step, epoch=epoch, **values, **fields, sampling=sampling, seconds=seconds)
+    for alert in alerts:
+        log.event("alert", **alert)
+        if log.enabled:
+            print(f"collapse alert: {alert['message']}", flush=True)
+    return values, alerts
 
 
 def apply_actions(run: Run, alerts: list[dict[str, Any]]) -> None:

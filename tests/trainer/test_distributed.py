@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,6 +251,71 @@ def test_ranks_end_with_identical_adapters(probe_run: Path):
 def test_the_collapse_hook_on_the_main_process_leaves_training_unchanged(probe_run: Path, reference_run: Path):
     # The probe's run evaluates on rank 0 at step 0 and at the epoch end; the reference run does not evaluate.
     _assert_identical(_adapter(probe_run), _adapter(reference_run), "with vs without the collapse hook")
+
+
+# ---------------------------------------------------------------------------------------------- TRL's SFTTrainer
+SFT = ROOT / "scripts" / "trl_sft.py"
+SFT_EVERY = 4  # collapse evals every 4 steps: each of them also a step where the Trainer logs the loss
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_config: Path) -> Path:
+    """scripts/trl_sft.py under torchrun: the stream in TRL's SFTTrainer with the collapse callback."""
+    output_dir = tiny_config.parent / "sft"
+    _launch(SFT, "--config", tiny_config, "--output_dir", output_dir, "--train.report_to", "[none]",
+            *PROBE_OVERRIDES, "--collapse.every_steps", str(SFT_EVERY), "--checkpoint.keep_last", "10")  # fmt: skip
+    return output_dir
+
+
+def _log_history(run_dir: Path) -> list[dict]:
+    last = max(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return json.loads((last / "trainer_state.json").read_text())["log_history"]
+
+
+@pytest.mark.slow
+def test_sft_under_two_processes_trains_the_whole_plan_at_the_ratio_with_the_collapse_callback(
+    sft_run: Path, reference_run: Path
+):
+    [config] = _events(sft_run, "config")
+    assert config["world_size"] == WORLD_SIZE
+    # The same rows as synthmix's own two-process run: the epoch's tokens of each kind, summed over both ranks.
+    [epoch], [planned] = _events(sft_run, "epoch"), _events(reference_run, "epoch")
+    counts = ("step", "tokens_real", "tokens_synthetic", "examples_real", "examples_synthetic")
+    assert {k: epoch[k] for k in counts} == {k: planned[k] for k in counts}
+    assert abs(epoch["realized_synthetic_ratio"] - 0.3) < 0.01
+    last = epoch["step"]
+    evals = [e["step"] for e in _events(sft_run, "eval")]
+    assert evals == [*range(0, last, SFT_EVERY), last]  # step 0, every 4 steps, the epoch's end
+    # Every process logged the evals as the main process measured them, and the loss of every step still
+    # reached the Trainer's log (an eval used to clear the flag on the main process only: a hang).
+    history = _log_history(sft_run)
+    assert [h["step"] for h in history if "collapse/real_ppl" in h] == evals
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, last + 1))
+
+
+@pytest.mark.slow
+def test_sft_resumed_under_two_processes_continues_the_stream_to_the_same_adapter(sft_run: Path, tmp_path: Path):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(sft_run / "checkpoint-5", resumed / "checkpoint-5")
+    _launch(SFT, "--config", sft_run.parent / "tiny.yaml", "--output_dir", resumed, "--resume", "latest",
+            "--train.report_to", "[none]", *PROBE_OVERRIDES, "--collapse.every_steps", str(SFT_EVERY))  # fmt: skip
+    # No row trained twice, none skipped: the epoch's counts (5 steps from the checkpoint, the rest trained
+    # now) and the adapter are the uninterrupted run's.
+    _assert_identical(_adapter(resumed), _adapter(sft_run), "resumed vs uninterrupted SFTTrainer run")
+    without_time = lambda events: [{k: v for k, v in e.items() if k != "time"} for e in events]  # noqa: E731
+    assert without_time(_events(resumed, "epoch")) == without_time(_events(sft_run, "epoch"))
+    assert [e["step"] for e in _events(resumed, "eval")] == [e["step"] for e in _events(sft_run, "eval")][2:]
+
+
+@pytest.mark.slow
+def test_a_stop_rule_stops_every_sft_process_at_the_same_step(tiny_config: Path, tmp_path: Path):
+    rule = "[{indicator: real_ppl, direction: down, threshold: 0.0001, action: stop}]"
+    run = tmp_path / "stopped"
+    _launch(SFT, "--config", tiny_config, "--output_dir", run, "--train.report_to", "[none]", *PROBE_OVERRIDES,
+            "--collapse.every_steps", "2", "--collapse.rules", rule)  # fmt: skip
+    (alert,) = _events(run, "alert")
+    (end,) = _events(run, "end")
+    assert alert["step"] == end["step"] == 2 and end["status"] == "stopped"
 
 
 # ---------------------------------------------------------------------------------------------- FSDP2

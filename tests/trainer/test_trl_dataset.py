@@ -15,7 +15,8 @@ import torch
 
 from data_mixers.corpus import build_corpora
 from data_mixers.errors import MixerError
-from data_mixers.torch_dataset import FILLER_KIND, MixedStream
+from data_mixers.torch_dataset import FILLER_KIND, KindCounter, MixedStream, kind_counts
+from synthmix.errors import ConfigError
 from trainer.config import load_config
 from trainer.integrations import attach_stream
 from trainer.run_log import METRICS, read_events
@@ -111,15 +112,33 @@ def test_a_state_from_other_settings_is_refused(mix) -> None:
         stream_of(mix).load_state_dict({**state, "rows": 10**9})
 
 
+def test_the_counter_counts_each_row_by_the_step_that_trains_it(mix) -> None:
+    # Two pieces: a real example from its start (3 tokens) and the rest of a synthetic one (2 tokens, from its
+    # 5th token on: its tokens count, the example does not); then a filler row, which counts nothing.
+    row = {"input_ids": [5, 6, 7, 8, 9], "labels": [-100] * 5, "seq_lengths": [3, 2], "kinds": [0, 0, 0, 1, 1],
+           "sources": ["a:0:0", "b:3:4"], "starts": [0, 4], "row": 0}  # fmt: skip
+    filler = {**stream_of(mix).example(), "row": 1}
+    assert kind_counts(row).tolist() == [3, 2, 1, 0] and kind_counts(filler).tolist() == [0, 0, 0, 0]
+    counter = KindCounter(lambda rows: [r["input_ids"] for r in rows], rows_per_step=2)
+    batch = counter([row, filler, {**row, "row": 2}])  # rows 0-1: step 1; row 2: step 2, collated ahead of it
+    assert batch == [row["input_ids"], filler["input_ids"], row["input_ids"]]  # the provenance is stripped
+    assert counter.counted(1).tolist() == [3, 2, 1, 0] and counter.counted(2).tolist() == [6, 4, 2, 0]
+    counter.forget(1)
+    assert counter.counted(2).tolist() == [3, 2, 1, 0]
+    with pytest.raises(MixerError, match="carry no provenance"):
+        counter([{k: row[k] for k in ("input_ids", "labels", "seq_lengths")}])
+
+
 # ---------------------------------------------------------------------------------------------- SFTTrainer
 class KindsCollator:
-    """TRL's collator, plus each token's kind (0 real, 1 synthetic, -1 filler) in the batch the trainer gets."""
+    """The trainer's collator (attach_stream's counter around TRL's), plus each token's kind (0 real, 1 synthetic,
+    -1 filler) in the batch the trainer gets."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.inner([{k: row[k] for k in ("input_ids", "labels", "seq_lengths")} for row in rows])
+        batch = self.inner(rows)
         batch["kinds"] = torch.tensor([k for row in rows for k in row["kinds"]])[None]
         return batch
 
@@ -139,7 +158,7 @@ def recording_trainer(mix, tmp_path: Path, tiny_model, max_steps: int | None = N
             return super().training_step(model, inputs, num_items_in_batch)
 
     config, corpora = mix
-    stream = stream_of(mix)
+    stream = stream_of(mix, provenance=False)  # attach_stream turns it on
     args = SFTConfig(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=BATCH, learning_rate=0.01, max_length=None,
         padding_free=True, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
@@ -162,6 +181,11 @@ def uninterrupted(mix, tmp_path_factory, tiny_model):
     return trainer, stream
 
 
+def epochs_logged(trainer) -> list[dict[str, Any]]:
+    events = read_events(Path(trainer.args.output_dir) / METRICS)
+    return [{k: v for k, v in e.items() if k != "time"} for e in events if e["event"] == "epoch"]
+
+
 def test_sft_trainer_receives_the_configured_ratio(uninterrupted) -> None:
     trainer, stream = uninterrupted
     assert trainer.state.global_step == stream.total_steps() == len(trainer.seen)
@@ -169,6 +193,14 @@ def test_sft_trainer_receives_the_configured_ratio(uninterrupted) -> None:
     assert len(shares) == 2 and all(abs(share - RATIO) < 0.01 for share in shares), shares
     filler = sum(k == FILLER_KIND for _, kinds in trainer.seen for k in kinds)
     assert filler < 2 * BATCH  # at most the last step of each epoch is topped up
+    # The epoch events count what training_step received (the dataloader collates ahead: counted by step).
+    logged = epochs_logged(trainer)
+    assert [e["step"] for e in logged] == stream.epoch_end_steps()
+    assert [e["realized_synthetic_ratio"] for e in logged] == pytest.approx(shares, abs=1e-12)
+    assert all(e["target_synthetic_ratio"] == RATIO and e["unit"] == "tokens" for e in logged)
+    first_epoch = torch.tensor([k for _, kinds in trainer.seen[: logged[0]["step"]] for k in kinds])
+    assert logged[0]["tokens_synthetic"] == int((first_epoch == 1).sum())
+    assert logged[0]["tokens_real"] == int((first_epoch == 0).sum())
 
 
 def test_resuming_the_sft_checkpoint_continues_the_stream(uninterrupted, mix, tmp_path, tiny_model) -> None:
@@ -182,6 +214,18 @@ def test_resuming_the_sft_checkpoint_continues_the_stream(uninterrupted, mix, tm
     second.train(resume_from_checkpoint=str(Path(second.args.output_dir) / checkpoint.name))
     assert second.state.global_step == stream.total_steps()
     assert second.seen == first.seen[STEPS_SAVED:]  # the next batch, then every one after: no replay, no gap
+    # Epoch 1 was cut at step 10: its counts before the cut came back from the checkpoint.
+    assert epochs_logged(second) == epochs_logged(first)
+
+
+def test_attach_stream_refuses_settings_that_would_break_the_exact_mix(mix, tmp_path, tiny_model) -> None:
+    trainer, stream = recording_trainer(mix, tmp_path, tiny_model)
+    trainer.args.dataloader_num_workers = 2
+    with pytest.raises(MixerError, match="dataloader_num_workers: must be 0 with the stream, got 2"):
+        attach_stream(trainer, stream)
+    trainer.args.dataloader_num_workers, trainer.args.gradient_accumulation_steps = 0, 2
+    with pytest.raises(MixerError, match="the stream has 4, the trainer takes 8 rows per step"):
+        attach_stream(trainer, stream)
 
 
 def test_the_script_trains_sft_with_the_collapse_callback(mix, tmp_path: Path, write_tiny_config) -> None:
@@ -191,7 +235,16 @@ def test_the_script_trains_sft_with_the_collapse_callback(mix, tmp_path: Path, w
     config_path = write_tiny_config(tmp_path / "cfg", {"train": {"epochs": 1}})
     out = tmp_path / "sft"
     script.main(["--config", str(config_path), "--output_dir", str(out), "--train.report_to", "[none]"])
-    evals = [e for e in read_events(out / METRICS) if e["event"] == "eval"]
+    events = read_events(out / METRICS)
+    evals = [e for e in events if e["event"] == "eval"]
     epoch_end = stream_of(mix).epoch_end_steps()[0]  # epoch 1 is planned the same whatever train.epochs says
     assert [e["step"] for e in evals] == [0, epoch_end]  # the baseline, and the end of the epoch
+    (epoch,) = [e for e in events if e["event"] == "epoch"]
+    assert epoch["step"] == epoch_end and abs(epoch["realized_synthetic_ratio"] - RATIO) < 0.01
+    assert evals[-1]["realized_synthetic_ratio"] == epoch["realized_synthetic_ratio"]
+    assert events[0]["event"] == "config" and events[-1]["event"] == "end" and events[-1]["status"] == "finished"
     assert (out / "report.html").is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    card = (out / "adapter" / "README.md").read_text()  # synthmix's model card, not peft's
+    assert "library_name: peft" in card and "| syn | synthetic |" in card and "Synthetic ratio per epoch" in card
+    with pytest.raises(ConfigError, match="already holds a run"):
+        script.main(["--config", str(config_path), "--output_dir", str(out)])
