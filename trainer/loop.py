@@ -120,7 +120,7 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         log=RunLog(
             output_dir,
             accelerator.is_main_process,
-            purge_step=checkpointer.step(resume_from),
+            resumed_step=checkpointer.step(resume_from),
             accelerator=accelerator,
             project=config.train.tracker_project,
             params=to_dict(config),
@@ -132,15 +132,19 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         sharding=sharded,
         attention=attention,
     )
-    # Sharded weights are gathered by every process's forward: then every process runs the hook.
-    if config.collapse.enabled and (accelerator.is_main_process or sharded is not None):
-        run.monitor = CollapseMonitor(config.collapse, corpora.tokenizer, corpora.held_out)
-    if resume_from is not None:
-        _resume(run, resume_from)
-    else:
-        _log_start(run, corpora.reports)
-        if config.collapse.enabled:
-            evaluate(run)
+    try:
+        # Sharded weights are gathered by every process's forward: then every process runs the hook.
+        if config.collapse.enabled and (accelerator.is_main_process or sharded is not None):
+            run.monitor = CollapseMonitor(config.collapse, corpora.tokenizer, corpora.held_out)
+        if resume_from is not None:
+            _resume(run, resume_from)
+        else:
+            _log_start(run, corpora.reports)
+            if config.collapse.enabled:
+                evaluate(run)
+    except BaseException:
+        run.log.close(warn=False)  # the trackers started with the log: none is left "running" by a failed start
+        raise
     return run
 
 

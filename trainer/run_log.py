@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from synthmix.errors import DiskFullError
-from synthmix.files import disk_full_is_an_error, is_disk_full
+from synthmix.files import disk_full_is_an_error, is_disk_full, write_json
 from trainer.errors import TrainerError
 
 METRICS = "metrics.jsonl"
+TRACKER_IDS = "trackers.json"
+"""The W&B and MLflow run ids of this run, so that a resume continues those runs."""
 
 
 def _quiet_tensorboard_disk_full(args: threading.ExceptHookArgs) -> None:
@@ -39,27 +41,38 @@ class RunLog:
         self,
         output_dir: Path,
         enabled: bool,
-        purge_step: int | None = None,
+        resumed_step: int | None = None,
         accelerator: Any = None,
         project: str = "synthmix",
         params: dict[str, Any] | None = None,
     ) -> None:
         """`accelerator`: one made with `log_with` (its trackers start here, with `params` as the run's
-        parameters); `purge_step`: a resumed run's step, after which TensorBoard drops what it had logged."""
+        parameters); `resumed_step`: the step of the checkpoint a resumed run starts from (TensorBoard drops what it had
+        logged after it; W&B and MLflow continue their runs)."""
         self.path = output_dir / METRICS
         self.enabled = enabled
         self._trackers = output_dir / "tensorboard"
         self._accelerator = accelerator if enabled and accelerator is not None and accelerator.log_with else None
         if self._accelerator is not None:
             threading.excepthook = _quiet_tensorboard_disk_full
+            # A resumed run continues its W&B and MLflow runs (their ids are kept in the run folder) instead of
+            # starting new ones; TensorBoard drops what it logged after the checkpoint.
+            ids = _tracker_ids(output_dir) if resumed_step is not None else {}
             init = {
-                "tensorboard": {"purge_step": purge_step},
-                "wandb": {"dir": str(output_dir), "name": output_dir.name, "resume": "allow"},
-                "mlflow": {"run_name": output_dir.name},
-            }
+                "tensorboard": {"purge_step": None if resumed_step is None else resumed_step + 1},
+                "wandb": {"dir": str(output_dir), "name": output_dir.name, "resume": "allow",
+                          **({"id": ids["wandb"]} if "wandb" in ids else {})},
+                "mlflow": {"run_name": output_dir.name, **({"run_id": ids["mlflow"]} if "mlflow" in ids else {})},
+            }  # fmt: skip
             try:
                 with disk_full_is_an_error(self._trackers):
-                    self._accelerator.init_trackers(project, config=_params(params or {}), init_kwargs=init)
+                    self._accelerator.init_trackers(project, config=None, init_kwargs=init)
+                    for tracker in self._accelerator.trackers:
+                        # A continued run has its parameters already, and MLflow refuses to change one (a resume
+                        # may change settings: the `resume` event says which).
+                        if tracker.name not in ids:
+                            tracker.store_init_configuration(_params(params or {}))
+                    write_json(output_dir / TRACKER_IDS, _run_ids(self._accelerator.trackers))
             except DiskFullError:
                 raise
             except Exception as err:  # a tracker's own set-up (server, credentials, store): the user can fix it
@@ -109,6 +122,22 @@ class RunLog:
             if warn:
                 warnings.warn(f"{self._trackers}: tracker events not all written (no space left)", stacklevel=2)
         self._accelerator = None
+
+
+def _tracker_ids(output_dir: Path) -> dict[str, str]:
+    path = output_dir / TRACKER_IDS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _run_ids(trackers: list[Any]) -> dict[str, str]:
+    """The ids of the W&B and MLflow runs these trackers started (the others need none to resume)."""
+    ids = {}
+    for tracker in trackers:
+        if tracker.name == "wandb":
+            ids["wandb"] = tracker.run.id
+        elif tracker.name == "mlflow":
+            ids["mlflow"] = tracker.active_run.info.run_id
+    return ids
 
 
 def _params(params: dict[str, Any]) -> dict[str, Any]:

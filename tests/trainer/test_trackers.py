@@ -4,30 +4,40 @@ TensorBoard and MLflow recorded is read back and equals metrics.jsonl; bad track
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
-from synthmix.errors import ConfigError
+from synthmix.errors import ConfigError, UserError
 from trainer.config import load_config
 from trainer.loop import train
-from trainer.run_log import METRICS, read_events
+from trainer.run_log import METRICS, TRACKER_IDS, read_events
 
 RULE = "[{indicator: real_ppl, direction: down, threshold: 0.0001, action: warn}]"
 
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory: pytest.TempPathFactory, write_tiny_config) -> Path:
+    """5 steps, a resume refused (other data), then a resume to step 8: what every tracker recorded of it."""
     root = tmp_path_factory.mktemp("trackers")
     path = write_tiny_config(root)
-    overrides = ["--output_dir", str(root / "run"), "--train.max_steps", "8", "--collapse.rules", RULE,
+    overrides = ["--output_dir", str(root / "run"), "--collapse.rules", RULE,
                  "--train.report_to", "[tensorboard, mlflow, wandb]"]  # fmt: skip
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", f"file:{root / 'mlruns'}")
         env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3.17 keeps the file store behind a flag
         env.setenv("WANDB_MODE", "offline")
         env.setenv("WANDB_SILENT", "true")
-        train(load_config(path, overrides))
+        train(load_config(path, [*overrides, "--train.max_steps", "5"]))
+        with pytest.raises(UserError, match="other data"):  # after the trackers started: they must be finished
+            train(
+                load_config(path, [*overrides, "--train.max_steps", "8", "--data.filters.min_tokens", "40"]), "latest"
+            )
+        import mlflow
+
+        (root / "status-after-refusal").write_text(str(mlflow.active_run()))
+        train(load_config(path, [*overrides, "--train.max_steps", "8"]), "latest")
     return root
 
 
@@ -54,8 +64,9 @@ def test_mlflow_recorded_the_metrics_and_the_config_as_parameters(tracked: Path)
     events = read_events(tracked / "run" / METRICS)
     client = MlflowClient(tracking_uri=f"file:{tracked / 'mlruns'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "synthmix"]
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = client.search_runs([experiment.experiment_id])  # the resumes continued the run: one in all
     assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert (tracked / "status-after-refusal").read_text() == "None"  # the refused resume ended its run
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [
         (e["step"], pytest.approx(e["loss"], rel=1e-9)) for e in of(events, "train")
@@ -68,10 +79,12 @@ def test_mlflow_recorded_the_metrics_and_the_config_as_parameters(tracked: Path)
     assert params["lora.target_modules"] == '["q_proj", "k_proj", "v_proj", "o_proj"]'
 
 
-def test_wandb_ran_offline_into_the_run_folder(tracked: Path) -> None:
-    # wandb 0.31 reads its offline run files only from its Go core, so only the run's own file is checked here.
-    (run,) = (tracked / "run" / "wandb").glob("offline-run-*")
-    (record,) = run.glob("run-*.wandb")
+def test_wandb_ran_offline_into_the_run_folder_and_each_resume_continued_its_run(tracked: Path) -> None:
+    # wandb 0.31 reads its offline run files only from its Go core, so only the run's own files are checked here.
+    starts = sorted((tracked / "run" / "wandb").glob("offline-run-*"))  # offline-run-TIME-ID, one per start
+    assert len(starts) == 3 and len({start.name.rsplit("-", 1)[1] for start in starts}) == 1
+    assert json.loads((tracked / "run" / TRACKER_IDS).read_text())["wandb"] == starts[0].name.rsplit("-", 1)[1]
+    (record,) = starts[0].glob("run-*.wandb")
     assert record.stat().st_size > 1000
 
 
