@@ -94,6 +94,8 @@ class Verifier:
         import torch
         from tqdm.auto import tqdm
 
+        from synthmix.scoring import padded_nll
+
         rows = [self._ids(ids)[: self.config.max_tokens] for ids in examples]
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths batch with little padding
         result = np.full(len(rows), np.inf)
@@ -105,16 +107,8 @@ class Verifier:
                 bar.update(min(size, len(order) - start))
                 if not chosen:
                     continue
-                width = max(len(rows[i]) for i in chosen)
-                ids = torch.full((len(chosen), width), self.pad, dtype=torch.long)
-                mask = torch.zeros((len(chosen), width), dtype=torch.long)
-                for j, i in enumerate(chosen):
-                    ids[j, : len(rows[i])] = torch.as_tensor(rows[i], dtype=torch.long)
-                    mask[j, : len(rows[i])] = 1
-                ids, mask = ids.to(self.device), mask.to(self.device)
-                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-                scored = mask[:, 1:].float()
+                nll, real, _, _ = padded_nll(self.model, [rows[i] for i in chosen], self.pad)
+                scored = real.float()
                 mean = (nll * scored).sum(dim=1) / scored.sum(dim=1)
                 result[chosen] = torch.exp(mean).cpu().double().numpy()
         bar.close()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 
+from synthmix.scoring import padded_nll
 from trainer.config import CollapseConfig
 from trainer.errors import TrainerError
 from trainer.indicators import (
@@ -162,25 +163,14 @@ class CollapseMonitor:
         """Per batch of rows (right-padded): the per-token NLL of each next token [B, T-1], which of them are
         scored (real tokens at or after the row's start) [B, T-1], the logits [B, T-1, V] and, when asked, the
         last hidden state [B, T, d]."""
-        device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id or 0
         size = self.config.eval_batch_size
         for first in range(0, len(rows), size):
             batch, batch_starts = rows[first : first + size], starts[first : first + size]
-            width = max(len(r) for r in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, row in enumerate(batch):
-                ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-                mask[i, : len(row)] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden)
-            logits = out.logits[:, :-1].float()
-            position = torch.arange(1, width, device=device)
-            begin = torch.tensor(batch_starts, device=device).clamp(min=1)
-            targets = mask[:, 1:].bool() & (position[None, :] >= begin[:, None])
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            yield nll, targets, logits, (out.hidden_states[-1].float() if hidden else None)
+            nll, real, logits, last_hidden = padded_nll(model, batch, pad, hidden)
+            position = torch.arange(1, nll.shape[1] + 1, device=nll.device)
+            begin = torch.tensor(batch_starts, device=nll.device).clamp(min=1)
+            yield nll, real & (position[None, :] >= begin[:, None]), logits, last_hidden
 
     def alerts(self, values: dict[str, float], step: int, epoch: int) -> list[dict[str, Any]]:
         """The rules that `values` break, as `alert` event fields.
