@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/make_corpus.py
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_mixer.py
+	$(PY) bench/bench_stream.py
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_collapse.py --epochs 2
 

@@ -240,7 +240,7 @@ class MixedStream(torch.utils.data.IterableDataset):
         row = {"input_ids": np.concatenate(ids).tolist(), "labels": np.concatenate(labels).tolist(),
                "seq_lengths": [len(p) for p in ids]}  # fmt: skip
         if self.provenance:
-            row["kinds"] = [KIND_CODES[p.kind] for p in pieces for _ in range(len(p.ids))]
+            row["kinds"] = np.repeat([KIND_CODES[p.kind] for p in pieces], [len(p) for p in ids]).tolist()
             row["sources"] = [f"{p.source}:{p.index}:{p.start}" for p in pieces]
             row["starts"] = [int(p.start) for p in pieces]
             row["row"] = number

@@ -308,11 +308,17 @@ def test_sft_resumed_under_two_processes_continues_the_stream_to_the_same_adapte
 
 
 @pytest.mark.slow
-def test_a_stop_rule_stops_every_sft_process_at_the_same_step(tiny_config: Path, tmp_path: Path):
+def test_a_stop_rule_stops_every_sft_process_at_the_same_step_under_accelerate_launch(
+    tiny_config: Path, tmp_path: Path
+):
     rule = "[{indicator: real_ppl, direction: down, threshold: 0.0001, action: stop}]"
     run = tmp_path / "stopped"
-    _launch(SFT, "--config", tiny_config, "--output_dir", run, "--train.report_to", "[none]", *PROBE_OVERRIDES,
-            "--collapse.every_steps", "2", "--collapse.rules", rule)  # fmt: skip
+    launch = ["accelerate", "launch", "--multi_gpu", f"--num_processes={WORLD_SIZE}"]
+    _launch(command=[*launch, str(SFT), "--config", str(tiny_config), "--output_dir", str(run),
+                     "--train.report_to", "[none]", *PROBE_OVERRIDES, "--collapse.every_steps", "2",
+                     "--collapse.rules", rule])  # fmt: skip
+    [config] = _events(run, "config")
+    assert config["world_size"] == WORLD_SIZE
     (alert,) = _events(run, "alert")
     (end,) = _events(run, "end")
     assert alert["step"] == end["step"] == 2 and end["status"] == "stopped"
