@@ -1,0 +1,21 @@
+"""The stream benchmark runs end to end at a tiny size and reports what it measured for both peers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_stream_benchmark_reports_both_peers(tmp_path: Path) -> None:
+    command = [sys.executable, "bench/bench_stream.py", "--sizes", "3000", "--rows", "20"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split(" | ")[2]: line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| 3,000")}
+    assert set(rows) == {"synthmix MixedStream", "interleave_datasets + TRL pack_dataset"}
+    assert rows["synthmix MixedStream"][6] == "0.3000"  # the token ratio, exact
+    assert abs(float(rows["interleave_datasets + TRL pack_dataset"][6]) - 0.3) > 0.1  # examples, not tokens
