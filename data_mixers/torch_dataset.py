@@ -100,6 +100,9 @@ class MixedStream(torch.utils.data.IterableDataset):
     # ------------------------------------------------------------------------------------------ the plan of rows
     def _epoch(self, epoch: int) -> _Epoch:
         """The epoch's start, padded rows and settings, planned forward from the first known epoch."""
+        if not self._first <= epoch <= self.epochs:
+            raise MixerError(f"epoch {epoch}: this stream holds epochs {self._first}..{self.epochs} (resumed at "
+                             f"epoch {self._first})")  # fmt: skip
         while epoch not in self._table:
             known = max(self._table, default=self._first - 1)
             nxt = known + 1
@@ -120,9 +123,15 @@ class MixedStream(torch.utils.data.IterableDataset):
         """Optimizer steps the whole stream takes (Trainer's `max_steps`)."""
         return self.total_rows // self.rows_per_step
 
-    def epoch_end_steps(self) -> list[int]:
-        """The optimizer step that ends each epoch (where synthmix evaluates and checkpoints)."""
-        return [(self._epoch(e).start + self._epoch(e).rows) // self.rows_per_step for e in range(1, self.epochs + 1)]
+    def epoch_end_steps(self) -> dict[int, int]:
+        """{epoch: the optimizer step that ends it} (where synthmix evaluates and checkpoints), from the epoch
+        the stream stands in on."""
+        ends = {e: self._epoch(e).start + self._epoch(e).rows for e in range(self._first, self.epochs + 1)}
+        return {epoch: rows // self.rows_per_step for epoch, rows in ends.items()}
+
+    def epoch_rows(self, epoch: int) -> int:
+        """Rows per rank of `epoch`, filler included (a whole number of steps)."""
+        return self._epoch(epoch).rows
 
     def epoch_settings(self, epoch: int) -> dict[str, Any]:
         """The plan settings of `epoch` (`target_ratio`, `unit`, `packing`, ...), as frozen when it was planned."""
@@ -277,9 +286,9 @@ class KindCounter:
         self._by_step: dict[int, np.ndarray] = {}
 
     def __call__(self, rows: list[dict[str, Any]]) -> Any:
+        if not all("row" in row for row in rows):  # not the stream's rows (an eval dataset): collated as they are
+            return self.collate(rows)
         for row in rows:
-            if "row" not in row:
-                raise MixerError("KindCounter: the rows carry no provenance (MixedStream(..., provenance=True))")
             step = row["row"] // self.rows_per_step + 1
             self._by_step[step] = self._by_step.get(step, 0) + kind_counts(row)
         return self.collate([{key: row[key] for key in TRAINING_KEYS} for row in rows])

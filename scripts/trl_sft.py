@@ -34,10 +34,10 @@ from synthmix.schema import to_dict
 from trainer.attention import choose_attention
 from trainer.cards import CARD, model_card
 from trainer.config import RunConfig, load_config
-from trainer.distributed import several_cpu_processes
+from trainer.distributed import first_then_others, several_cpu_processes
 from trainer.integrations import CollapseCallback, attach_stream
 from trainer.model import add_lora, build_model, resolve_dtype
-from trainer.run_log import METRICS, RunLog, read_events
+from trainer.run_log import METRICS, RunLog, ensure_new_run, read_events
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -73,9 +73,15 @@ def build(config: RunConfig) -> tuple[Any, Any]:
 
     # On CPU, accelerate joins the launcher's processes into one gloo group only when told it runs on CPU.
     processes = PartialState(cpu=several_cpu_processes())
-    with processes.main_process_first():  # the main process builds the store and the tokenizer, the others map
-        corpora = build_corpora(config.data, config.tokenizer, progress=config.train.progress,
-                                base_model=config.model.name)  # fmt: skip
+    main = processes.is_main_process
+    # One process builds the store and the tokenizer, the others wait and map them (one per node when the cache
+    # is node-local), as `synthmix train` does.
+    corpora = first_then_others(
+        processes,
+        lambda: build_corpora(config.data, config.tokenizer, progress=main and config.train.progress,
+                              base_model=config.model.name),
+        first=main if config.data.cache_shared else processes.is_local_main_process,
+    )  # fmt: skip
     tokenizer, device = corpora.tokenizer, processes.device
     set_seed(config.seed)  # a base built from model.arch: the same weights in every run, a resumed one included
     model = build_model(config.model, tokenizer, resolve_dtype(config.model, device.type == "cuda"),
@@ -111,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                           "read their state beside the Trainer's checkpoints there)")  # fmt: skip
     if resume is True and not (output.is_dir() and get_last_checkpoint(str(output))):
         raise ConfigError(f"--resume latest: {output} holds no checkpoint-N folder to resume")
-    if resume is None and (output / METRICS).exists():
-        raise ConfigError(f"output_dir {output} already holds a run; pass --resume latest to continue it, "
-                          "or choose another output_dir")  # fmt: skip
+    if resume is None:
+        ensure_new_run(output)
     trainer, corpora = build(config)
     log = RunLog(output, enabled=trainer.is_world_process_zero())
     if resume is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object
 
 from synthmix.errors import UserError
@@ -78,7 +78,7 @@ def describe(accelerator: Accelerator, sharding: dict[str, Any] | None) -> dict[
     }
 
 
-def first_then_others(accelerator: Accelerator, job: Callable[[], T], first: bool) -> T:
+def first_then_others(accelerator: Accelerator | PartialState, job: Callable[[], T], first: bool) -> T:
     """Run `job` on the processes where `first` is true, then on the others (which reuse what it built: the
     store, the tokenizer). A UserError where it ran first (a full disk, a bad source) is raised on every process
     instead of leaving the others waiting for it in a collective (collective: call on every rank)."""

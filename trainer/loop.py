@@ -42,7 +42,7 @@ from trainer.loss import choose_loss, model_kwargs, per_token_nll
 from trainer.model import add_lora, build_model, check_positions, merged_copy, resolve_dtype
 from trainer.packing import PackedBatch, pack_rows
 from trainer.preemption import Preempted
-from trainer.run_log import METRICS, RunLog, read_events
+from trainer.run_log import METRICS, RunLog, ensure_new_run, read_events
 from trainer.run_state import Progress, Run
 from trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
 from trainer.sharding import full_value, gradient_sync, shard, sharding_for_launch
@@ -107,6 +107,8 @@ def setup(config: RunConfig, resume: str | None) -> Run:
     progress = Progress(steps_per_epoch=[steps_in_epoch(mixer, e, config) for e in range(1, config.train.epochs + 1)])
     # The schedule's horizon is read at every step: it follows the plan as a resume or reduce_ratio changes it.
     horizon = lambda: progress.total_steps(config.train.max_steps)  # noqa: E731
+    # Before the log, whose trackers start with it: a loss that cannot run here is an error with none to finish.
+    loss = choose_loss(config.train.loss, accelerator.unwrap_model(model), accelerator.device)
     run = Run(
         config=config,
         accelerator=accelerator,
@@ -128,7 +130,7 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         checkpointer=checkpointer,
         compute_dtype=compute_dtype(accelerator, model),
         progress=progress,
-        loss=choose_loss(config.train.loss, accelerator.unwrap_model(model), accelerator.device),
+        loss=loss,
         sharding=sharded,
         attention=attention,
     )
@@ -149,11 +151,8 @@ def setup(config: RunConfig, resume: str | None) -> Run:
 
 
 def _prepare_output_dir(output_dir: Path, resume: str | None, checkpointer: Checkpointer) -> None:
-    if resume is None and (output_dir / METRICS).exists():
-        raise TrainerError(
-            f"output_dir {output_dir} already holds a run; pass --resume latest to continue it, "
-            "or choose another output_dir"
-        )
+    if resume is None:
+        ensure_new_run(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpointer.remove_stale_temporaries()
 

@@ -72,12 +72,15 @@ class RunLog:
                         # may change settings: the `resume` event says which).
                         if tracker.name not in ids:
                             tracker.store_init_configuration(_params(params or {}))
-                    write_json(output_dir / TRACKER_IDS, _run_ids(self._accelerator.trackers))
+                    if started := _run_ids(self._accelerator.trackers):
+                        write_json(output_dir / TRACKER_IDS, started)
             except DiskFullError:
+                self.close(warn=False)  # the trackers that did start
                 raise
             except Exception as err:  # a tracker's own set-up (server, credentials, store): the user can fix it
                 names = ", ".join(type(t).__name__ for t in self._accelerator.trackers) or "the"
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                self.close(warn=False)
                 raise TrainerError(f"train.report_to: starting {names} tracker(s) failed: {first}") from err
 
     def event(self, event: str, **fields: Any) -> dict[str, Any]:
@@ -107,21 +110,22 @@ class RunLog:
         return record
 
     def close(self, warn: bool = True) -> None:
-        """Finish the trackers. A full disk here only warns (`warn` false: not even that): metrics.jsonl holds
-        every event, and an error already on its way out must not be replaced by this one."""
+        """Finish the trackers. A full disk here only warns: metrics.jsonl holds every event. `warn` false: an
+        error is already on its way out, and no failure to finish a tracker may replace it (nothing is raised)."""
         if self._accelerator is None:
             return
+        accelerator, self._accelerator = self._accelerator, None
         try:
             # Each tracker's own finish, not accelerator.end_training(): that also destroys the process group,
             # which the other processes (and a resumed job's collectives) still need.
-            for tracker in self._accelerator.trackers:
+            for tracker in accelerator.trackers:
                 tracker.finish()
-        except (OSError, RuntimeError) as err:
+        except Exception as err:
+            if not warn:
+                return
             if not is_disk_full(err):
                 raise
-            if warn:
-                warnings.warn(f"{self._trackers}: tracker events not all written (no space left)", stacklevel=2)
-        self._accelerator = None
+            warnings.warn(f"{self._trackers}: tracker events not all written (no space left)", stacklevel=2)
 
 
 def _tracker_ids(output_dir: Path) -> dict[str, str]:
@@ -146,6 +150,15 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
 
     flat = flatten(params)
     return {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in flat.items()}
+
+
+def ensure_new_run(output_dir: Path) -> None:
+    """A fresh run must not append its events to another run's metrics.jsonl."""
+    if (output_dir / METRICS).exists():
+        raise TrainerError(
+            f"output_dir {output_dir} already holds a run; pass --resume latest to continue it, "
+            "or choose another output_dir"
+        )
 
 
 def run_finished(run_dir: Path) -> bool:

@@ -18,4 +18,5 @@ def test_the_stream_benchmark_reports_both_peers(tmp_path: Path) -> None:
     rows = {line.split(" | ")[2]: line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| 3,000")}
     assert set(rows) == {"synthmix MixedStream", "interleave_datasets + TRL pack_dataset"}
     assert rows["synthmix MixedStream"][6] == "0.3000"  # the token ratio, exact
-    assert abs(float(rows["interleave_datasets + TRL pack_dataset"][6]) - 0.3) > 0.1  # examples, not tokens
+    for row in rows.values():  # first batch (s), rows/s, rows, padding efficiency: measured, not left blank
+        assert float(row[3]) > 0 and float(row[4].replace(",", "")) > 0 and 0 < float(row[7]) <= 1

@@ -5,7 +5,9 @@ stopped; scripts/trl_sft.py leaves metrics.jsonl eval events and report.html."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import torch
 from data_mixers.corpus import build_corpora
 from data_mixers.errors import MixerError
 from data_mixers.torch_dataset import FILLER_KIND, KindCounter, MixedStream, kind_counts
-from synthmix.errors import ConfigError
+from synthmix.errors import UserError
 from trainer.config import load_config
 from trainer.integrations import attach_stream
 from trainer.run_log import METRICS, read_events
@@ -43,16 +45,16 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def stream_of(mix: tuple[Any, Any], **changes: Any) -> MixedStream:
+def stream_of(mix: tuple[Any, Any], data: Any = None, **changes: Any) -> MixedStream:
     config, corpora = mix
     settings = dict(seed=config.seed, epochs=config.train.epochs, seq_len=config.train.seq_len,
                     pad_id=corpora.tokenizer.pad_token_id, rows_per_step=BATCH, provenance=True)  # fmt: skip
-    return MixedStream(corpora.train, config.data, **{**settings, **changes})
+    return MixedStream(corpora.train, data or config.data, **{**settings, **changes})
 
 
 def by_epoch(stream: MixedStream, kinds_per_step: list[list[int]]) -> list[float]:
     """Realized synthetic share of the tokens of each epoch (filler rows excluded), from per-step token kinds."""
-    ends, shares, start = stream.epoch_end_steps(), [], 0
+    ends, shares, start = stream.epoch_end_steps().values(), [], 0
     for end in ends:
         tokens = torch.tensor([k for step in kinds_per_step[start:end] for k in step])
         real, synthetic = int((tokens == 0).sum()), int((tokens == 1).sum())
@@ -83,7 +85,7 @@ def test_the_ratio_of_every_epoch_is_exact(mix) -> None:
     stream = stream_of(mix)
     rows = list(stream)
     steps = [[k for row in rows[s : s + BATCH] for k in row["kinds"]] for s in range(0, len(rows), BATCH)]
-    assert len(steps) == stream.total_steps() == stream.epoch_end_steps()[-1]
+    assert len(steps) == stream.total_steps() == stream.epoch_end_steps()[2]
     assert all(abs(share - RATIO) < 0.01 for share in by_epoch(stream, steps))
     assert all(row["labels"][0] == -100 and sum(row["seq_lengths"]) == len(row["input_ids"]) for row in rows)
 
@@ -99,7 +101,7 @@ def test_accelerate_splits_the_global_layout_into_each_ranks_share(mix) -> None:
         shares.append([row["sources"] for row in split])
         assert shares[-1] == [row["sources"] for row in own]
     assert len(shares[0]) == len(shares[1])  # filler rows even the ranks out: no rank waits at an epoch's end
-    epoch_rows = stream_of(mix, world_size=2).epoch_end_steps()[0] * BATCH
+    epoch_rows = stream_of(mix, world_size=2).epoch_end_steps()[1] * BATCH
     pieces = [p for share in shares for row in share[:epoch_rows] for p in row]
     assert len(pieces) == len(set(pieces))  # the ranks' shares of an epoch are disjoint
 
@@ -125,8 +127,8 @@ def test_the_counter_counts_each_row_by_the_step_that_trains_it(mix) -> None:
     assert counter.counted(1).tolist() == [3, 2, 1, 0] and counter.counted(2).tolist() == [6, 4, 2, 0]
     counter.forget(1)
     assert counter.counted(2).tolist() == [3, 2, 1, 0]
-    with pytest.raises(MixerError, match="carry no provenance"):
-        counter([{k: row[k] for k in ("input_ids", "labels", "seq_lengths")}])
+    plain = {k: row[k] for k in ("input_ids", "labels", "seq_lengths")}  # an eval dataset's row: as it is
+    assert counter([plain]) == [plain["input_ids"]] and counter.counted(9).tolist() == [3, 2, 1, 0]
 
 
 # ---------------------------------------------------------------------------------------------- SFTTrainer
@@ -143,7 +145,7 @@ class KindsCollator:
         return batch
 
 
-def recording_trainer(mix, tmp_path: Path, tiny_model, max_steps: int | None = None):
+def recording_trainer(mix, tmp_path: Path, tiny_model, max_steps: int | None = None, data: Any = None):
     from trl import SFTConfig, SFTTrainer
 
     class Recording(SFTTrainer):
@@ -158,7 +160,7 @@ def recording_trainer(mix, tmp_path: Path, tiny_model, max_steps: int | None = N
             return super().training_step(model, inputs, num_items_in_batch)
 
     config, corpora = mix
-    stream = stream_of(mix, provenance=False)  # attach_stream turns it on
+    stream = stream_of(mix, data, provenance=False)  # attach_stream turns it on
     args = SFTConfig(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=BATCH, learning_rate=0.01, max_length=None,
         padding_free=True, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
@@ -195,7 +197,7 @@ def test_sft_trainer_receives_the_configured_ratio(uninterrupted) -> None:
     assert filler < 2 * BATCH  # at most the last step of each epoch is topped up
     # The epoch events count what training_step received (the dataloader collates ahead: counted by step).
     logged = epochs_logged(trainer)
-    assert [e["step"] for e in logged] == stream.epoch_end_steps()
+    assert [e["step"] for e in logged] == list(stream.epoch_end_steps().values())
     assert [e["realized_synthetic_ratio"] for e in logged] == pytest.approx(shares, abs=1e-12)
     assert all(e["target_synthetic_ratio"] == RATIO and e["unit"] == "tokens" for e in logged)
     first_epoch = torch.tensor([k for _, kinds in trainer.seen[: logged[0]["step"]] for k in kinds])
@@ -204,8 +206,6 @@ def test_sft_trainer_receives_the_configured_ratio(uninterrupted) -> None:
 
 
 def test_resuming_the_sft_checkpoint_continues_the_stream(uninterrupted, mix, tmp_path, tiny_model) -> None:
-    import shutil
-
     first, _ = uninterrupted
     checkpoint = Path(first.args.output_dir) / f"checkpoint-{STEPS_SAVED}"
     assert (checkpoint / "synthmix_stream.json").is_file()
@@ -216,6 +216,13 @@ def test_resuming_the_sft_checkpoint_continues_the_stream(uninterrupted, mix, tm
     assert second.seen == first.seen[STEPS_SAVED:]  # the next batch, then every one after: no replay, no gap
     # Epoch 1 was cut at step 10: its counts before the cut came back from the checkpoint.
     assert epochs_logged(second) == epochs_logged(first)
+    # Settings that change the stream's length (here the ratio of the epoch to come) would leave the Trainer's
+    # steps and the stream's apart: refused at the start of training, in one line.
+    data = dataclasses.replace(mix[0].data, synthetic_ratio=0.5)
+    third, _ = recording_trainer(mix, tmp_path / "third", tiny_model, data=data)
+    shutil.copytree(checkpoint, Path(third.args.output_dir) / checkpoint.name)
+    with pytest.raises(MixerError, match="the stream takes .* steps, the Trainer was set up for"):
+        third.train(resume_from_checkpoint=str(Path(third.args.output_dir) / checkpoint.name))
 
 
 def test_attach_stream_refuses_settings_that_would_break_the_exact_mix(mix, tmp_path, tiny_model) -> None:
@@ -226,6 +233,9 @@ def test_attach_stream_refuses_settings_that_would_break_the_exact_mix(mix, tmp_
     trainer.args.dataloader_num_workers, trainer.args.gradient_accumulation_steps = 0, 2
     with pytest.raises(MixerError, match="the stream has 4, the trainer takes 8 rows per step"):
         attach_stream(trainer, stream)
+    trainer.args.gradient_accumulation_steps = 1
+    with pytest.raises(MixerError, match="the stream was planned for 2 processes, the launch has 1"):
+        attach_stream(trainer, stream_of(mix, world_size=2, layout="global", block=BATCH))
 
 
 def test_the_script_trains_sft_with_the_collapse_callback(mix, tmp_path: Path, write_tiny_config) -> None:
@@ -237,8 +247,9 @@ def test_the_script_trains_sft_with_the_collapse_callback(mix, tmp_path: Path, w
     script.main(["--config", str(config_path), "--output_dir", str(out), "--train.report_to", "[none]"])
     events = read_events(out / METRICS)
     evals = [e for e in events if e["event"] == "eval"]
-    epoch_end = stream_of(mix).epoch_end_steps()[0]  # epoch 1 is planned the same whatever train.epochs says
+    epoch_end = stream_of(mix).epoch_end_steps()[1]  # epoch 1 is planned the same whatever train.epochs says
     assert [e["step"] for e in evals] == [0, epoch_end]  # the baseline, and the end of the epoch
+    assert [e["epoch"] for e in evals] == [0, 1]  # the stream's epochs (the Trainer's would be 0 to 1 over the run)
     (epoch,) = [e for e in events if e["event"] == "epoch"]
     assert epoch["step"] == epoch_end and abs(epoch["realized_synthetic_ratio"] - RATIO) < 0.01
     assert evals[-1]["realized_synthetic_ratio"] == epoch["realized_synthetic_ratio"]
@@ -246,5 +257,5 @@ def test_the_script_trains_sft_with_the_collapse_callback(mix, tmp_path: Path, w
     assert (out / "report.html").is_file() and (out / "adapter" / "adapter_config.json").is_file()
     card = (out / "adapter" / "README.md").read_text()  # synthmix's model card, not peft's
     assert "library_name: peft" in card and "| syn | synthetic |" in card and "Synthetic ratio per epoch" in card
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(UserError, match="already holds a run"):
         script.main(["--config", str(config_path), "--output_dir", str(out)])

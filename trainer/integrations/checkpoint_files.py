@@ -1,0 +1,38 @@
+"""What synthmix keeps beside a transformers `Trainer`'s checkpoints (`OUTPUT_DIR/checkpoint-N/`): the run's
+events as they stood at the checkpoint, so that a resumed run's metrics.jsonl holds each event once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from synthmix.files import write_text
+from trainer.run_log import METRICS, RunLog
+
+EVENTS_FILE = "synthmix_metrics.jsonl"
+"""Beside each checkpoint: OUTPUT_DIR/metrics.jsonl as it stood when the checkpoint was written."""
+
+
+def checkpoint_folder(args: Any, step: int) -> Path:
+    """The Trainer's checkpoint folder of `step` in `args.output_dir`."""
+    return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+
+
+def save_events(args: Any, state: Any) -> None:
+    """On the main process: metrics.jsonl as it stands, beside the checkpoint of this step."""
+    events = Path(args.output_dir) / METRICS
+    if state.is_world_process_zero and events.is_file():
+        write_text(checkpoint_folder(args, state.global_step) / EVENTS_FILE, events.read_text())
+
+
+def restore_events(args: Any, state: Any) -> None:
+    """On the main process of a resumed run: metrics.jsonl back to what it held at the checkpoint (the events the
+    interrupted run wrote after it are written again as training repeats those steps), then a `resume` event.
+    Calling it twice leaves the same file (each callback that logs events calls it)."""
+    folder = checkpoint_folder(args, state.global_step)
+    if not state.is_world_process_zero or not (folder / EVENTS_FILE).is_file():
+        return
+    write_text(Path(args.output_dir) / METRICS, (folder / EVENTS_FILE).read_text())
+    RunLog(Path(args.output_dir), enabled=True).event("resume", step=state.global_step, checkpoint=str(folder))
