@@ -82,7 +82,10 @@ class TorchCodec:
         return f"{name}.pt"
 
     def write(self, path: Path, state: Any) -> None:
-        torch.save(state, path)
+        # Through a Python file: a full disk is then an OSError (ENOSPC). Given a path, torch writes with its own
+        # C++ stream, whose failure says only "iostream error" (seen on a full disk), not why.
+        with path.open("wb") as handle:
+            torch.save(state, handle)
 
     def read(self, path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
