@@ -216,6 +216,11 @@ def test_resuming_the_sft_checkpoint_continues_the_stream(uninterrupted, mix, tm
     assert second.seen == first.seen[STEPS_SAVED:]  # the next batch, then every one after: no replay, no gap
     # Epoch 1 was cut at step 10: its counts before the cut came back from the checkpoint.
     assert epochs_logged(second) == epochs_logged(first)
+    # A run that stops short of the stream (max_steps) resumes as well.
+    short, _ = recording_trainer(mix, tmp_path / "short", tiny_model, max_steps=STEPS_SAVED + 2)
+    shutil.copytree(checkpoint, Path(short.args.output_dir) / checkpoint.name)
+    short.train(resume_from_checkpoint=str(Path(short.args.output_dir) / checkpoint.name))
+    assert short.seen == first.seen[STEPS_SAVED : STEPS_SAVED + 2]
     # Settings that change the stream's length (here the ratio of the epoch to come) would leave the Trainer's
     # steps and the stream's apart: refused at the start of training, in one line.
     data = dataclasses.replace(mix[0].data, synthetic_ratio=0.5)

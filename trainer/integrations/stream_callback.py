@@ -40,6 +40,8 @@ class StreamCallback(TrainerCallback):
     def __init__(self, stream: MixedStream, counter: KindCounter, trainer: Any) -> None:
         self.stream, self.counter, self.trainer = stream, counter, trainer
         self.epoch_ends = stream.epoch_end_steps()
+        self.planned_steps = stream.total_steps()
+        """The stream's steps as `attach_stream` planned them (the Trainer's `max_steps`, unless smaller)."""
         self._carried = np.zeros(len(COUNT_NAMES), np.int64)
         """The epoch's counts over every process before this run resumed (from the checkpoint)."""
         self._log: RunLog | None = None
@@ -59,11 +61,11 @@ class StreamCallback(TrainerCallback):
         self.stream.load_state_dict(saved["stream"])
         self._carried = np.asarray(saved["epoch_counts"], np.int64)
         self.epoch_ends = self.stream.epoch_end_steps()  # the epoch under way as it was planned, the rest as now
-        if self.stream.total_steps() != state.max_steps:
+        if self.stream.total_steps() != self.planned_steps:
             raise MixerError(
                 f"{folder}: resumed, the stream takes {self.stream.total_steps()} steps, the Trainer was set up for "
-                f"{state.max_steps} (data settings changed since the checkpoint); resume with the settings it was "
-                "saved with"
+                f"{self.planned_steps} (data settings changed since the checkpoint); resume with the settings it "
+                "was saved with"
             )
         restore_events(args, state)
         # The Trainer restored the RNG before its dataloader's iterator started, and the iterator draws its seed
