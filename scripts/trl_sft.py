@@ -10,21 +10,23 @@ section TRL's `SFTConfig` (batch, accumulation, learning rate and schedule, clip
 collapse section the `CollapseCallback`. TRL trains on the packed rows as they come (padding-free: position ids
 restart per example). At the end of each of the stream's epochs the realized ratio is logged, the collapse hook
 evaluates and a checkpoint is written; the hook also evaluates at step 0 and every `collapse.every_steps`, and
-checkpoints come every `checkpoint.every_steps`. It leaves OUTPUT_DIR/metrics.jsonl (config, epoch, eval, alert
-and end events), OUTPUT_DIR/report.html and the adapter with synthmix's model card in OUTPUT_DIR/adapter/.
-`--resume` continues the stream at the next row.
+checkpoints come every `checkpoint.every_steps`. It leaves OUTPUT_DIR/metrics.jsonl (config, epoch, reference,
+eval, alert, resume and end events), OUTPUT_DIR/report.html and the adapter with synthmix's model card in
+OUTPUT_DIR/adapter/. `--resume` (latest, or a checkpoint-N folder of OUTPUT_DIR) continues the stream at the next
+row.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from data_mixers.corpus import build_corpora
 from data_mixers.torch_dataset import MixedStream
@@ -103,6 +105,12 @@ def build(config: RunConfig) -> tuple[Any, Any]:
     return trainer, corpora
 
 
+def _in_output_dir(checkpoint: Path, output: Path) -> bool:
+    """A `checkpoint-N` folder right inside `output` (where the Trainer itself writes them)."""
+    named = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", checkpoint.name) is not None
+    return named and checkpoint.is_dir() and checkpoint.parent.resolve() == output.resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="a synthmix run config (YAML)")
@@ -112,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, [*overrides, "--output_dir", args.output_dir])
     output = Path(config.output_dir)
     resume: bool | str | None = True if args.resume == "latest" else args.resume
-    if isinstance(resume, str) and not (Path(resume).is_dir() and Path(resume).parent.resolve() == output.resolve()):
-        raise ConfigError(f"--resume: {resume} is not a checkpoint folder of --output_dir {output} (the callbacks "
-                          "read their state beside the Trainer's checkpoints there)")  # fmt: skip
+    if isinstance(resume, str) and not _in_output_dir(Path(resume), output):
+        raise ConfigError(f"--resume: {resume} is not a checkpoint-N folder of --output_dir {output} (the "
+                          "callbacks read their state beside the Trainer's checkpoints there)")  # fmt: skip
     if resume is True and not (output.is_dir() and get_last_checkpoint(str(output))):
         raise ConfigError(f"--resume latest: {output} holds no checkpoint-N folder to resume")
     if resume is None:

@@ -128,13 +128,18 @@ def disk_full_is_an_error(path: Path) -> Iterator[None]:
 
 
 def is_disk_full(err: BaseException | None) -> bool:
-    """Whether `err` is "no space left on device" or "disk quota exceeded", raw or wrapped by a library."""
-    if isinstance(err, OSError) and err.errno in _FULL:
-        return True
-    text = str(err).lower()
-    return isinstance(err, (OSError, RuntimeError)) and (
-        "no space left on device" in text or "disk quota exceeded" in text
-    )
+    """Whether `err` is "no space left on device" or "disk quota exceeded", raw, wrapped by a library, or the
+    error that a library's clean-up raised while handling one (torch's zip writer closes its file that way)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return True
+        text = str(err).lower()
+        if isinstance(err, (OSError, RuntimeError)) and ("no space left on device" in text or "disk quota" in text):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def no_space_message(path: Path) -> str:

@@ -57,7 +57,8 @@ class RunLog:
             threading.excepthook = _quiet_tensorboard_disk_full
             # A resumed run continues its W&B and MLflow runs (their ids are kept in the run folder) instead of
             # starting new ones; TensorBoard drops what it logged after the checkpoint.
-            ids = _tracker_ids(output_dir) if resumed_step is not None else {}
+            known = _tracker_ids(output_dir)
+            ids = known if resumed_step is not None else {}
             init = {
                 "tensorboard": {"purge_step": None if resumed_step is None else resumed_step + 1},
                 "wandb": {"dir": str(output_dir), "name": output_dir.name, "resume": "allow",
@@ -72,8 +73,8 @@ class RunLog:
                         # may change settings: the `resume` event says which).
                         if tracker.name not in ids:
                             tracker.store_init_configuration(_params(params or {}))
-                    if started := _run_ids(self._accelerator.trackers):
-                        write_json(output_dir / TRACKER_IDS, started)
+                    if started := _run_ids(self._accelerator.trackers):  # kept: a tracker left out this time
+                        write_json(output_dir / TRACKER_IDS, {**ids, **started})
             except DiskFullError:
                 self.close(warn=False)  # the trackers that did start
                 raise
@@ -115,22 +116,27 @@ class RunLog:
         if self._accelerator is None:
             return
         accelerator, self._accelerator = self._accelerator, None
-        try:
-            # Each tracker's own finish, not accelerator.end_training(): that also destroys the process group,
-            # which the other processes (and a resumed job's collectives) still need.
-            for tracker in accelerator.trackers:
+        failure: Exception | None = None
+        # Each tracker's own finish, not accelerator.end_training(): that also destroys the process group, which
+        # the other processes (and a resumed job's collectives) still need. Every tracker, whichever failed.
+        for tracker in accelerator.trackers:
+            try:
                 tracker.finish()
-        except Exception as err:
-            if not warn:
-                return
-            if not is_disk_full(err):
-                raise
-            warnings.warn(f"{self._trackers}: tracker events not all written (no space left)", stacklevel=2)
+            except Exception as err:
+                failure = failure or err
+        if failure is None or not warn:
+            return
+        if not is_disk_full(failure):
+            raise failure
+        warnings.warn(f"{self._trackers}: tracker events not all written (no space left)", stacklevel=2)
 
 
 def _tracker_ids(output_dir: Path) -> dict[str, str]:
     path = output_dir / TRACKER_IDS
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise TrainerError(f"{path}: unreadable ({err}); delete it to start new tracker runs") from None
 
 
 def _run_ids(trackers: list[Any]) -> dict[str, str]:

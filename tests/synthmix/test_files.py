@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from synthmix.errors import DiskFullError
-from synthmix.files import atomic_file, atomic_folder, remove_temporaries, write_json, write_text
+from synthmix.files import atomic_file, atomic_folder, is_disk_full, remove_temporaries, write_json, write_text
 
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -80,3 +80,15 @@ def test_a_full_disk_inside_a_temporary_folder_is_named_by_the_final_path(tmp_pa
             (inner / "adapter_model.safetensors").write_bytes(b"half")
             raise OSError(errno.ENOSPC, "No space left on device")
     assert str(caught.value).startswith(f"no space left on device while writing {target / 'adapter'} (")
+
+
+def test_an_error_raised_while_handling_a_full_disk_is_a_full_disk() -> None:
+    """torch's zip writer, closing its file after ENOSPC, raises a RuntimeError of its own."""
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")  # noqa: B904
+    except RuntimeError as err:
+        assert is_disk_full(err)
+    assert not is_disk_full(RuntimeError("unexpected pos 64 vs 0")) and not is_disk_full(None)

@@ -296,7 +296,8 @@ def test_sft_under_two_processes_trains_the_whole_plan_at_the_ratio_with_the_col
 
 @pytest.mark.slow
 def test_sft_resumed_under_two_processes_continues_the_stream_to_the_same_adapter(sft_run: Path, tmp_path: Path):
-    """The run folder as a crash after step 8 would leave it, resumed from its checkpoint of step 5."""
+    """The finished run's folder without its adapter and its checkpoints after step 5 (its metrics.jsonl holds
+    every event to the end), resumed from its checkpoint of step 5."""
     resumed = tmp_path / "resumed"
     shutil.copytree(sft_run, resumed, ignore=shutil.ignore_patterns("adapter", "checkpoint-[1-9][0-9]*"))
     assert sorted(p.name for p in resumed.glob("checkpoint-*")) == ["checkpoint-5"]

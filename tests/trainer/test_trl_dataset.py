@@ -211,11 +211,15 @@ def test_resuming_the_sft_checkpoint_continues_the_stream(uninterrupted, mix, tm
     assert (checkpoint / "synthmix_stream.json").is_file()
     second, stream = recording_trainer(mix, tmp_path, tiny_model)
     shutil.copytree(checkpoint, Path(second.args.output_dir) / checkpoint.name)
+    # As a crash would leave it: the events of the whole first run, which the resume takes back to step 10's.
+    shutil.copy(Path(first.args.output_dir) / METRICS, Path(second.args.output_dir) / METRICS)
     second.train(resume_from_checkpoint=str(Path(second.args.output_dir) / checkpoint.name))
     assert second.state.global_step == stream.total_steps()
     assert second.seen == first.seen[STEPS_SAVED:]  # the next batch, then every one after: no replay, no gap
-    # Epoch 1 was cut at step 10: its counts before the cut came back from the checkpoint.
+    # Epoch 1 was cut at step 10: its counts before the cut came back from the checkpoint; each epoch logged once.
     assert epochs_logged(second) == epochs_logged(first)
+    resumes = [e for e in read_events(Path(second.args.output_dir) / METRICS) if e["event"] == "resume"]
+    assert [e["step"] for e in resumes] == [STEPS_SAVED]
     # A run that stops short of the stream (max_steps) resumes as well.
     short, _ = recording_trainer(mix, tmp_path / "short", tiny_model, max_steps=STEPS_SAVED + 2)
     shutil.copytree(checkpoint, Path(short.args.output_dir) / checkpoint.name)
@@ -241,6 +245,8 @@ def test_attach_stream_refuses_settings_that_would_break_the_exact_mix(mix, tmp_
     trainer.args.gradient_accumulation_steps = 1
     with pytest.raises(MixerError, match="the stream was planned for 2 processes, the launch has 1"):
         attach_stream(trainer, stream_of(mix, world_size=2, layout="global", block=BATCH))
+    with pytest.raises(MixerError, match="has a stream attached already"):
+        attach_stream(trainer, stream)
 
 
 def test_the_script_trains_sft_with_the_collapse_callback(mix, tmp_path: Path, write_tiny_config) -> None:
@@ -264,3 +270,5 @@ def test_the_script_trains_sft_with_the_collapse_callback(mix, tmp_path: Path, w
     assert "library_name: peft" in card and "| syn | synthetic |" in card and "Synthetic ratio per epoch" in card
     with pytest.raises(UserError, match="already holds a run"):
         script.main(["--config", str(config_path), "--output_dir", str(out)])
+    with pytest.raises(UserError, match="is not a checkpoint-N folder of --output_dir"):
+        script.main(["--config", str(config_path), "--output_dir", str(out), "--resume", str(out / "adapter")])

@@ -3,6 +3,7 @@ events as they stood at the checkpoint, so that a resumed run's metrics.jsonl ho
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,28 @@ def checkpoint_folder(args: Any, step: int) -> Path:
 
 
 def save_events(args: Any, state: Any) -> None:
-    """On the main process: metrics.jsonl as it stands, beside the checkpoint of this step."""
+    """On the main process: metrics.jsonl as it stands (empty when nothing was logged yet), beside the checkpoint
+    of this step."""
     events = Path(args.output_dir) / METRICS
-    if state.is_world_process_zero and events.is_file():
-        write_text(checkpoint_folder(args, state.global_step) / EVENTS_FILE, events.read_text())
+    if state.is_world_process_zero:
+        text = events.read_text() if events.is_file() else ""
+        write_text(checkpoint_folder(args, state.global_step) / EVENTS_FILE, text)
 
 
 def restore_events(args: Any, state: Any) -> None:
     """On the main process of a resumed run: metrics.jsonl back to what it held at the checkpoint (the events the
     interrupted run wrote after it are written again as training repeats those steps), then a `resume` event.
-    Calling it twice leaves the same file (each callback that logs events calls it)."""
+    Once per resume, whichever callback asks first (each callback that logs events asks)."""
     folder = checkpoint_folder(args, state.global_step)
-    if not state.is_world_process_zero or not (folder / EVENTS_FILE).is_file():
+    if not state.is_world_process_zero or getattr(state, RESTORED, None) == state.global_step:
         return
-    write_text(Path(args.output_dir) / METRICS, (folder / EVENTS_FILE).read_text())
-    RunLog(Path(args.output_dir), enabled=True).event("resume", step=state.global_step, checkpoint=str(folder))
+    setattr(state, RESTORED, state.global_step)  # not a field of TrainerState: never saved with it
+    if (folder / EVENTS_FILE).is_file():
+        write_text(Path(args.output_dir) / METRICS, (folder / EVENTS_FILE).read_text())
+        RunLog(Path(args.output_dir), enabled=True).event("resume", step=state.global_step, checkpoint=str(folder))
+    else:
+        warnings.warn(f"{folder / EVENTS_FILE}: missing, so metrics.jsonl keeps what the interrupted run logged "
+                      "after this checkpoint", stacklevel=3)  # fmt: skip
+
+
+RESTORED = "_synthmix_events_restored"

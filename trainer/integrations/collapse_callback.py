@@ -18,13 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from synthmix.errors import UserError
 from synthmix.files import write_text
 from synthmix.schema import build
 from trainer.collapse import CollapseMonitor
 from trainer.config import CollapseConfig, validate_collapse
+from trainer.distributed import on_main_process
 from trainer.errors import TrainerError
 from trainer.evaluation import record_eval
 from trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
@@ -61,6 +64,8 @@ class CollapseCallback(TrainerCallback):
         whole stream is one epoch); otherwise the Trainer's fractional epoch is logged."""
         self._log: RunLog | None = None
         self._evaluated_step: int | None = None
+        self._saved_step: int | None = None
+        """The step this run last checkpointed (an eval at that step after the save updates its events copy)."""
 
     @classmethod
     def from_texts(cls, texts: list[str], tokenizer: Any, trainer: Any = None, **collapse: Any) -> CollapseCallback:
@@ -71,16 +76,23 @@ class CollapseCallback(TrainerCallback):
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-        if state.is_world_process_zero:
-            write_text(checkpoint_folder(args, state.global_step) / STATE_FILE, json.dumps(self.monitor.state_dict()))
-        save_events(args, state)
+        def write() -> None:
+            folder = checkpoint_folder(args, state.global_step)
+            write_text(folder / STATE_FILE, json.dumps(self.monitor.state_dict()))
+            save_events(args, state)
+
+        on_main_process(PartialState(), write)  # a full disk there is one error on every process, not a hang
+        self._saved_step = state.global_step
 
     def _restore(self, args: TrainingArguments, state: TrainerState) -> None:
         """A resumed trainer starts past step 0: the baseline comes back from the checkpoint it resumed."""
         restore_events(args, state)
         path = checkpoint_folder(args, state.global_step) / STATE_FILE
         if path.is_file():
-            self.monitor.load_state_dict(json.loads(path.read_text()))
+            try:
+                self.monitor.load_state_dict(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError) as err:
+                raise TrainerError(f"{path}: unreadable ({err}); resume from another checkpoint") from None
         else:
             warnings.warn(
                 f"{path}: missing, so this resumed run measures a new collapse baseline at step {state.global_step}",
@@ -96,8 +108,8 @@ class CollapseCallback(TrainerCallback):
                 "every process in each forward: train unsharded, or with `synthmix train` (which shards with FSDP2)"
             )
         self._log = RunLog(Path(args.output_dir), enabled=state.is_world_process_zero)
-        if state.global_step > 0 and state.is_world_process_zero:
-            self._restore(args, state)
+        if state.global_step > 0:
+            on_main_process(PartialState(), lambda: self._restore(args, state))
         # The main process decides (only it reads the checkpoint), so every process takes part in the same evals.
         if broadcast_object_list([self.monitor.baseline is None])[0]:
             self.evaluate(args, state, control, kw["model"])
@@ -128,21 +140,34 @@ class CollapseCallback(TrainerCallback):
             return
         self._evaluated_step = step
         measured: tuple[dict[str, float], list[dict[str, Any]]] | None = None
+        problem: UserError | None = None
         if state.is_world_process_zero:
-            assert self._log is not None
-            epoch = self.epoch_of(step) if self.epoch_of is not None else round(state.epoch or 0, 4)
-            measured = record_eval(self.monitor, self._log, model, step, epoch, **fields)
-            if checkpoint_folder(args, step).is_dir():  # the Trainer saved this step before its epoch/train end
-                save_events(args, state)
-            if self.config.report:
-                from trainer.report import write_report
-
-                write_report([Path(args.output_dir)])
-        values, alerts = broadcast_object_list([measured])[0]  # the other processes wait here for the main one
+            try:
+                measured = self._measure(args, state, model, fields)
+            except UserError as err:  # a full disk: raised on every process below, so none waits for the others
+                problem = err
+        measured, problem = broadcast_object_list([(measured, problem)])[0]  # the others wait here for the main
+        if problem is not None:
+            raise problem
+        values, alerts = measured
         if self.trainer is not None:
             self._log_through_trainer({f"collapse/{k}": v for k, v in values.items()}, control)
         if any(alert["action"] == "stop" for alert in alerts):
             control.should_training_stop = True
+
+    def _measure(self, args: TrainingArguments, state: TrainerState, model: Any, fields: dict[str, Any]) -> Any:
+        """On the main process: measure, log the events, rewrite the report; (values, alerts)."""
+        assert self._log is not None
+        step = state.global_step
+        epoch = self.epoch_of(step) if self.epoch_of is not None else round(state.epoch or 0, 4)
+        measured = record_eval(self.monitor, self._log, model, step, epoch, **fields)
+        if self._saved_step == step:  # the Trainer saved this step before its epoch or train end evaluated it
+            save_events(args, state)
+        if self.config.report:
+            from trainer.report import write_report
+
+            write_report([Path(args.output_dir)])
+        return measured
 
     def _log_through_trainer(self, values: dict[str, float], control: TrainerControl) -> None:
         """Through the trainer's logger, so every `report_to` integration sees them; on every process, as the

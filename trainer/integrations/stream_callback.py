@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from transformers import DefaultFlowCallback, TrainerCallback
 
 from data_mixers.errors import MixerError
 from data_mixers.torch_dataset import KindCounter, MixedStream
 from synthmix.files import write_text
+from trainer.distributed import on_main_process
 from trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
 from trainer.integrations.collapse_callback import CollapseCallback
 from trainer.run_log import RunLog
@@ -67,7 +69,7 @@ class StreamCallback(TrainerCallback):
                 f"{self.planned_steps} (data settings changed since the checkpoint); resume with the settings it "
                 "was saved with"
             )
-        restore_events(args, state)
+        on_main_process(PartialState(), lambda: restore_events(args, state))
         # The Trainer restored the RNG before its dataloader's iterator started, and the iterator draws its seed
         # from it: restored once more before the first forward (as the Trainer's own skipping resume does), so
         # dropout matches the uninterrupted run's.
@@ -95,21 +97,26 @@ class StreamCallback(TrainerCallback):
         ratio = {"realized_synthetic_ratio": _synthetic_share(counts, settings["unit"]),
                  "target_synthetic_ratio": settings["target_ratio"]}  # fmt: skip
         capacity = self.stream.epoch_rows(epoch) * self.stream.world_size * self.stream.seq_len
-        assert self._log is not None
-        self._log.event("epoch", step=step, epoch=epoch, **ratio, unit=settings["unit"],
-                        **dict(zip(COUNT_NAMES, counts.tolist())), padding_efficiency=counts[:2].sum() / capacity,
-                        packing=settings["packing"])  # fmt: skip
+        fields = {"step": step, "epoch": epoch, **ratio, "unit": settings["unit"],
+                  **dict(zip(COUNT_NAMES, counts.tolist())), "padding_efficiency": counts[:2].sum() / capacity,
+                  "packing": settings["packing"]}  # fmt: skip
+        log = self._log
+        assert log is not None
+        on_main_process(PartialState(), lambda: log.event("epoch", **fields))
         for callback in self._collapse_callbacks():
             callback.evaluate(args, state, control, kw["model"], **ratio)
         control.should_save = True
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         counts = self._epoch_counts(state.global_step)  # collective: every process saves
-        if state.is_world_process_zero:
+
+        def write() -> None:
             stream = self.stream.state_at(state.global_step * self.stream.rows_per_step)
             saved = {"stream": stream, "epoch_counts": counts.tolist()}
             write_text(checkpoint_folder(args, state.global_step) / STREAM_STATE_FILE, json.dumps(saved))
-        save_events(args, state)
+            save_events(args, state)
+
+        on_main_process(PartialState(), write)  # a full disk there is one error on every process, not a hang
 
     def _epoch_counts(self, step: int) -> np.ndarray:
         """The epoch under way's counts (`COUNT_NAMES`) over every process, through `step` (collective)."""
@@ -126,7 +133,10 @@ def _read_state(path: Path, step: int) -> dict[str, Any]:
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
-        raise MixerError(f"{path}: missing, so the stream cannot resume at step {step}") from None
+        raise MixerError(
+            f"{path}: missing, so the stream cannot resume at step {step} (a checkpoint written by "
+            "another version, or cut short while it was saved); resume from an earlier one"
+        ) from None
     except (OSError, ValueError) as err:
         raise MixerError(f"{path}: unreadable ({err}); resume from another checkpoint") from None
     if "stream" not in saved:
@@ -183,6 +193,12 @@ def _check_fits(trainer: Any, stream: MixedStream) -> None:
     if args.dataloader_num_workers:
         problems.append(f"dataloader_num_workers: must be 0 with the stream, got {args.dataloader_num_workers} "
                         "(the collator counts its rows by kind; a worker process would count them apart)")  # fmt: skip
+    if args.auto_find_batch_size:
+        problems.append("auto_find_batch_size: must be off (a smaller batch would no longer match the stream)")
+    if trainer.accelerator.split_batches:
+        problems.append("split_batches: must be off (each process draws its own batches of the stream)")
+    if any(isinstance(c, StreamCallback) for c in trainer.callback_handler.callbacks):
+        problems.append("this trainer has a stream attached already")
     if not hasattr(trainer, "_load_rng_state"):
         problems.append("this transformers' Trainer has no _load_rng_state, which an exact resume needs")
     if problems:
