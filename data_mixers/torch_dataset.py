@@ -295,7 +295,7 @@ class KindCounter:
 
     def counted(self, through: int) -> np.ndarray:
         """Counts of the steps up to `through` (not forgotten yet) on this process, as `kind_counts` orders them."""
-        return sum((c for step, c in self._by_step.items() if step <= through), np.zeros(4, np.int64))
+        return sum((c for step, c in self._by_step.items() if step <= through), np.zeros(2 * len(KINDS), np.int64))
 
     def forget(self, through: int) -> None:
         """Drop the counts of the steps up to `through` (an epoch that was reported)."""
