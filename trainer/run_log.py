@@ -57,8 +57,7 @@ class RunLog:
             threading.excepthook = _quiet_tensorboard_disk_full
             # A resumed run continues its W&B and MLflow runs (their ids are kept in the run folder) instead of
             # starting new ones; TensorBoard drops what it logged after the checkpoint.
-            known = _tracker_ids(output_dir)
-            ids = known if resumed_step is not None else {}
+            ids = _tracker_ids(output_dir) if resumed_step is not None else {}
             init = {
                 "tensorboard": {"purge_step": None if resumed_step is None else resumed_step + 1},
                 "wandb": {"dir": str(output_dir), "name": output_dir.name, "resume": "allow",
