@@ -45,7 +45,7 @@ BATCH, SEQ = 8, 2048
 # ---------------------------------------------------------------------------------------------- jobs
 def data_config(size: str, cache: Path) -> Any:
     """The run config's data section the jobs share: real + synthetic at 25% synthetic tokens."""
-    from trainer.config import load_config
+    from synthmix.trainer.config import load_config
 
     suffix = "" if size == "100" else f"-{size}"
     sources = [
@@ -62,11 +62,10 @@ def data_config(size: str, cache: Path) -> Any:
 def job_build_ours(size: str, cache: Path) -> dict[str, Any]:
     """Build (or map) the store, plan epoch 1, pack the first batch; the times of each part."""
     started = time.perf_counter()
+    from synthmix.data_mixers.corpus import build_corpora
+    from synthmix.data_mixers.mixer import Mixer
+    from synthmix.trainer.packing import pack_rows
     from transformers import AutoTokenizer  # noqa: F401  (imported before the clock starts, as for datasets)
-
-    from data_mixers.corpus import build_corpora
-    from data_mixers.mixer import Mixer
-    from trainer.packing import pack_rows
 
     config = data_config(size, cache)
     imported = time.perf_counter()
@@ -128,8 +127,8 @@ def job_build_datasets(size: str, cache: Path) -> dict[str, Any]:
 
 def job_torchrun_rank(size: str, cache: Path) -> dict[str, Any]:
     """One rank of a 2-process launch: build the store as the trainer does (the main process first)."""
-    from data_mixers.corpus import build_corpora
-    from trainer.distributed import make_accelerator
+    from synthmix.data_mixers.corpus import build_corpora
+    from synthmix.trainer.distributed import make_accelerator
 
     accelerator = make_accelerator("no")
     config = data_config(size, cache)
@@ -149,11 +148,10 @@ def job_packing(size: str, cache: Path) -> dict[str, Any]:
     """Our bfd and wrap rows against TRL's bfd on the chats (assistant-only loss), at two row lengths."""
     import datasets
     import numpy as np
+    from synthmix.data_mixers.config import SourceConfig
+    from synthmix.data_mixers.corpus import build_corpora
+    from synthmix.data_mixers.mixer import Mixer
     from trl import pack_dataset
-
-    from data_mixers.config import SourceConfig
-    from data_mixers.corpus import build_corpora
-    from data_mixers.mixer import Mixer
 
     config = data_config(size, cache)
     chats = SourceConfig(name="chats", kind="real", path=str(DATA / "chats.jsonl"), messages_field="messages")

@@ -56,10 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- corpora
 def docstring_tokens() -> tuple[np.ndarray, np.ndarray, int]:
     """Token ids and offsets of the standard library's docstrings, with the tokenizer's vocabulary size."""
-    from data_mixers.builtin import builtin_texts
-    from data_mixers.config import TokenizerConfig
-    from data_mixers.encoding import EncodeSettings, encode_batch
-    from data_mixers.tokenizer import load_tokenizer
+    from synthmix.data_mixers.builtin import builtin_texts
+    from synthmix.data_mixers.config import TokenizerConfig
+    from synthmix.data_mixers.encoding import EncodeSettings, encode_batch
+    from synthmix.data_mixers.tokenizer import load_tokenizer
 
     texts = builtin_texts("python_docstrings")
     config = TokenizerConfig(vocab_size=4096)
@@ -94,7 +94,7 @@ def build_corpora(args: argparse.Namespace) -> tuple[dict, dict, int]:
 
 # ---------------------------------------------------------------- our Mixer
 def bench_mixer(real: dict, synthetic: dict, args: argparse.Namespace) -> dict:
-    from data_mixers import Corpus, DataConfig, Mixer, SourceConfig
+    from synthmix.data_mixers import Corpus, DataConfig, Mixer, SourceConfig
 
     corpora = [
         Corpus.from_offsets("real", "real", real["ids"], real["offsets"]),

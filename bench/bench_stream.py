@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def ours(real: dict, synthetic: dict, args: argparse.Namespace) -> dict:
-    from data_mixers import Corpus, DataConfig, SourceConfig
-    from data_mixers.torch_dataset import MixedStream, kind_counts
+    from synthmix.data_mixers import Corpus, DataConfig, SourceConfig
+    from synthmix.data_mixers.torch_dataset import MixedStream, kind_counts
 
     corpora = [
         Corpus.from_offsets("real", "real", real["ids"], real["offsets"]),

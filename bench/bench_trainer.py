@@ -174,7 +174,7 @@ def run_overrides(args: argparse.Namespace, output_dir: str) -> list[str]:
         "train.progress": False,
         "train.log_every_steps": 1_000_000,
     }
-    from trainer.config import RunConfig
+    from synthmix.trainer.config import RunConfig
 
     if hasattr(RunConfig(), "collapse"):
         values["collapse.enabled"] = False  # the collapse hook evaluates held-out text: not training
@@ -300,9 +300,8 @@ def summarize(clocks: list[tuple[float, float]], tokens: list[int], args: argpar
 def run_ours(args: argparse.Namespace, output_dir: str) -> dict:
     """setup() through the public API, then `train_step` warmup + steps times."""
     import torch
-
-    from trainer.config import load_config
-    from trainer.loop import setup, train_step
+    from synthmix.trainer.config import load_config
+    from synthmix.trainer.loop import setup, train_step
 
     run = setup(load_config(None, run_overrides(args, output_dir)), None)
     run.mixer.set_epoch(1)
@@ -327,14 +326,13 @@ def run_trl(args: argparse.Namespace, output_dir: str, strategy: str) -> dict:
     import torch
     from accelerate.utils import set_seed
     from datasets import Dataset
+    from synthmix.data_mixers.corpus import build_corpora
+    from synthmix.data_mixers.mixer import Mixer
+    from synthmix.trainer.attention import choose_attention
+    from synthmix.trainer.config import load_config
+    from synthmix.trainer.model import build_model, peft_lora_config, resolve_dtype
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
-
-    from data_mixers.corpus import build_corpora
-    from data_mixers.mixer import Mixer
-    from trainer.attention import choose_attention
-    from trainer.config import load_config
-    from trainer.model import build_model, peft_lora_config, resolve_dtype
 
     config = load_config(None, run_overrides(args, output_dir))
     set_seed(config.seed)  # the order of our setup(): seed, corpora, model, so both build the same weights
@@ -565,9 +563,8 @@ def peak_flops(info: dict) -> float:
 def attention_paths(device: str) -> list[str]:
     """The attention implementations that can run on `device`, fastest first (sdpa always)."""
     import torch
-
-    from trainer.attention import choose_attention
-    from trainer.errors import TrainerError
+    from synthmix.trainer.attention import choose_attention
+    from synthmix.trainer.errors import TrainerError
 
     paths = []
     for kind in ("flash_attention_3", "flash_attention_2", "flex_attention"):
@@ -602,8 +599,7 @@ def correctness(args: argparse.Namespace, attention: str, folder: Path) -> dict:
     falls, the adapter is saved, and the resumed run's losses and adapter match the straight run's (the largest
     differences are reported; on CPU they are 0)."""
     from safetensors.torch import load_file
-
-    from trainer.run_log import read_events
+    from synthmix.trainer.run_log import read_events
 
     settings = {
         "model.attn_implementation": attention,
@@ -621,7 +617,7 @@ def correctness(args: argparse.Namespace, attention: str, folder: Path) -> dict:
         if resume:
             shutil.copytree(straight, resumed)
             shutil.rmtree(resumed / "adapter")
-        command = [sys.executable, "-m", "trainer", *run_overrides(args, str(run)), *extra, *resume]
+        command = [sys.executable, "-m", "synthmix", "train", *run_overrides(args, str(run)), *extra, *resume]
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode:
             return {"ok": False, "error": done.stderr[-2000:]}

@@ -30,7 +30,7 @@ SIZES = {"10": 0.10, "33": 0.33, "100": 1.0}
 
 def passages() -> list[str]:
     """The human-written passages the texts are made of."""
-    from data_mixers.builtin import builtin_texts
+    from synthmix.data_mixers.builtin import builtin_texts
 
     return builtin_texts("python_docs") + builtin_texts("python_docstrings")
 
@@ -79,7 +79,7 @@ def main() -> None:
     write(args.out / "real.jsonl", [{"text": t} for t in texts(pool, args.real, 2, 5, 1, "real text")])
     write(args.out / "synthetic.jsonl", [{"text": t} for t in texts(pool, args.synthetic, 3, 6, 2, "sample")])
     write(args.out / "chats.jsonl", [{"messages": c} for c in chats(pool, args.chats, 3)])
-    from data_mixers.tokenizer import train_bpe
+    from synthmix.data_mixers.tokenizer import train_bpe
 
     train_bpe(pool, 4096).save_pretrained(str(args.out / "tokenizer"))
     sizes = {p.name: p.stat().st_size for p in sorted(args.out.glob("*.jsonl"))}

@@ -10,19 +10,19 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "KINDS": "data_mixers.config",
-    "DataConfig": "data_mixers.config",
-    "SourceConfig": "data_mixers.config",
-    "TokenizerConfig": "data_mixers.config",
-    "validate_data": "data_mixers.config",
-    "Corpora": "data_mixers.corpus",
-    "Corpus": "data_mixers.corpus",
-    "build_corpora": "data_mixers.corpus",
-    "MixerError": "data_mixers.errors",
-    "EpochPlan": "data_mixers.mixer",
-    "Example": "data_mixers.mixer",
-    "Mixer": "data_mixers.mixer",
-    "PlanSettings": "data_mixers.mixer",
+    "KINDS": "synthmix.data_mixers.config",
+    "DataConfig": "synthmix.data_mixers.config",
+    "SourceConfig": "synthmix.data_mixers.config",
+    "TokenizerConfig": "synthmix.data_mixers.config",
+    "validate_data": "synthmix.data_mixers.config",
+    "Corpora": "synthmix.data_mixers.corpus",
+    "Corpus": "synthmix.data_mixers.corpus",
+    "build_corpora": "synthmix.data_mixers.corpus",
+    "MixerError": "synthmix.data_mixers.errors",
+    "EpochPlan": "synthmix.data_mixers.mixer",
+    "Example": "synthmix.data_mixers.mixer",
+    "Mixer": "synthmix.data_mixers.mixer",
+    "PlanSettings": "synthmix.data_mixers.mixer",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -14,10 +14,9 @@ import json
 from collections.abc import Sequence
 
 import numpy as np
+from synthmix.data_mixers.errors import MixerError
+from synthmix.data_mixers.sources import Chat, Item, PromptCompletion
 from transformers import PreTrainedTokenizerBase
-
-from data_mixers.errors import MixerError
-from data_mixers.sources import Chat, Item, PromptCompletion
 
 
 @dataclasses.dataclass(frozen=True)

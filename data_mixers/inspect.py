@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_mixers.config import DataConfig, TokenizerConfig, resolved_packing
-from data_mixers.corpus import build_corpora
-from data_mixers.mixer import Mixer
+from synthmix.data_mixers.config import DataConfig, TokenizerConfig, resolved_packing
+from synthmix.data_mixers.corpus import build_corpora
+from synthmix.data_mixers.mixer import Mixer
+
 from synthmix.files import atomic_file
 
 

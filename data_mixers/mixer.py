@@ -22,12 +22,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-
-from data_mixers.config import KINDS, DataConfig, resolved_packing
-from data_mixers.corpus import Corpus
-from data_mixers.errors import MixerError
-from data_mixers.rows import best_fit_decreasing, rows_from_assignment
-from data_mixers.schedules import ratio_for_epoch
+from synthmix.data_mixers.config import KINDS, DataConfig, resolved_packing
+from synthmix.data_mixers.corpus import Corpus
+from synthmix.data_mixers.errors import MixerError
+from synthmix.data_mixers.rows import best_fit_decreasing, rows_from_assignment
+from synthmix.data_mixers.schedules import ratio_for_epoch
 
 _DRAW, _ORDER, _ROWS = 1, 2, 3  # seed-sequence purposes, so each random choice has its own stream
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from data_mixers.config import DataConfig
+from synthmix.data_mixers.config import DataConfig
 
 
 def ratio_for_epoch(data: DataConfig, epoch: int, epochs: int) -> float:

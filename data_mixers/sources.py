@@ -25,10 +25,9 @@ from typing import Any
 
 import pyarrow
 import pyarrow.parquet as pq
-
-from data_mixers.builtin import builtin_texts
-from data_mixers.config import SourceConfig
-from data_mixers.errors import MixerError
+from synthmix.data_mixers.builtin import builtin_texts
+from synthmix.data_mixers.config import SourceConfig
+from synthmix.data_mixers.errors import MixerError
 
 Chat = list[dict[str, str]]
 Records = Generator[tuple[str, Any], None, None]

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from synthmix.data_mixers.config import SourceConfig
+from synthmix.data_mixers.encoding import EncodeSettings, encode_batch
+from synthmix.data_mixers.sources import SourceStream, example_form, resolve_path
 from tqdm.auto import tqdm
 
-from data_mixers.config import SourceConfig
-from data_mixers.encoding import EncodeSettings, encode_batch
-from data_mixers.sources import SourceStream, example_form, resolve_path
 from synthmix.files import atomic_folder, disk_full_is_an_error, sha256_of
 
 STORE_VERSION = 2  # 2: a .txt file is read line by line, up to a line that is not UTF-8
@@ -62,7 +62,7 @@ def source_fingerprint(spec: SourceConfig, base_dir: Path | None = None) -> dict
     if spec.builtin is not None:
         return {"builtin": spec.builtin, "python": sys.version.split()[0], "chunking": 1}
     if spec.hub is not None:
-        from data_mixers.sources import _hub_dataset
+        from synthmix.data_mixers.sources import _hub_dataset
 
         dataset = _hub_dataset(spec.hub, spec.split, spec.name)  # cached by datasets after the first download
         return {"hub": spec.hub, "split": spec.split, "fingerprint": getattr(dataset, "_fingerprint", None)}

@@ -34,11 +34,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-
-from data_mixers.config import KINDS, DataConfig
-from data_mixers.corpus import Corpus
-from data_mixers.errors import MixerError
-from data_mixers.mixer import Example, Mixer
+from synthmix.data_mixers.config import KINDS, DataConfig
+from synthmix.data_mixers.corpus import Corpus
+from synthmix.data_mixers.errors import MixerError
+from synthmix.data_mixers.mixer import Example, Mixer
 
 IGNORE = -100
 FILLER_KIND = -1

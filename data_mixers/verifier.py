@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from data_mixers.config import VerifierConfig
-from data_mixers.errors import MixerError
+from synthmix.data_mixers.config import VerifierConfig
+from synthmix.data_mixers.errors import MixerError
 
 BASE = "base"
 """`data.filters.verifier.model: base` names the run's own base model (its model.name)."""
@@ -66,9 +65,8 @@ class Verifier:
 
     def __init__(self, verifier: VerifierConfig, name: str, run_tokenizer: Any, progress: bool | None) -> None:
         import torch
+        from synthmix.data_mixers.tokenizer import tokenizer_fingerprint
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from data_mixers.tokenizer import tokenizer_fingerprint
 
         self.config, self.name, self.run_tokenizer, self.progress = verifier, name, run_tokenizer, progress
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

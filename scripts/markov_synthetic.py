@@ -16,7 +16,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from data_mixers.builtin import BUILTIN_CORPORA, builtin_texts
+from synthmix.data_mixers.builtin import BUILTIN_CORPORA, builtin_texts
+
 from synthmix.files import atomic_file
 
 Context = tuple[str, str]

@@ -104,7 +104,7 @@ def _parser(prog: str, argv: list[str]) -> argparse.ArgumentParser:
 
 def _config_epilog() -> str:
     from synthmix.schema import format_reference
-    from trainer.config import RunConfig
+    from synthmix.trainer.config import RunConfig
 
     return (
         "Any key of the run config can be set with --KEY VALUE (values are YAML: 0.3, true, null, [a, b], {}); "
@@ -117,7 +117,7 @@ def _add_config(parser: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _load(path: Path | None, overrides: list[str], data_only: bool = False) -> Any:
-    from trainer.config import load_config
+    from synthmix.trainer.config import load_config
 
     return load_config(path, overrides, data_only=data_only)
 
@@ -130,7 +130,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
-    from trainer.loop import train
+    from synthmix.trainer.loop import train
 
     print(f"run folder: {train(config, resume=args.resume)}")
 
@@ -146,7 +146,7 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _inspect(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides, data_only=True)
-    from data_mixers.inspect import format_report, inspect_mix
+    from synthmix.data_mixers.inspect import format_report, inspect_mix
 
     epochs = args.epochs if args.epochs is not None else config.train.epochs
     if epochs < 1:
@@ -166,7 +166,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace, overrides: list[str]) -> None:
-    from trainer.report import write_report
+    from synthmix.trainer.report import write_report
 
     print(write_report(args.run_dirs, args.out))
 
@@ -190,7 +190,7 @@ def _sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int, to
 
 
 def _sampling(args: argparse.Namespace, seed: int) -> Any:
-    from trainer.config import SamplingConfig, validate_sampling
+    from synthmix.trainer.config import SamplingConfig, validate_sampling
 
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
@@ -226,8 +226,8 @@ def _recursive_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _recursive(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
-    from data_mixers.corpus import real_training_texts
-    from trainer.recursive import SUMMARY, Experiment, run_experiment
+    from synthmix.data_mixers.corpus import real_training_texts
+    from synthmix.trainer.recursive import SUMMARY, Experiment, run_experiment
 
     if args.generations < 1:
         raise ConfigError(f"--generations: must be at least 1, got {args.generations}")
@@ -256,7 +256,7 @@ def _floats(flag: str, text: str) -> list[float]:
 
 
 def _tolerances(items: list[str]) -> dict[str, float]:
-    from trainer.sweep import DEFAULT_TOLERANCES
+    from synthmix.trainer.sweep import DEFAULT_TOLERANCES
 
     if not items:
         return dict(DEFAULT_TOLERANCES)
@@ -289,7 +289,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _sweep(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
-    from trainer.sweep import Sweep, run_sweep
+    from synthmix.trainer.sweep import Sweep, run_sweep
 
     try:
         seeds = [int(part) for part in args.seeds.split(",") if part.strip()]
@@ -330,10 +330,10 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
         if value < 1:
             raise ConfigError(f"{flag}: must be at least 1, got {value}")
     sampling = _sampling(args, seed=args.seed)
-    from data_mixers.config import SourceConfig
-    from data_mixers.sources import load_source
-    from trainer.model import load_for_sampling
-    from trainer.synthetic import generate_corpus
+    from synthmix.data_mixers.config import SourceConfig
+    from synthmix.data_mixers.sources import load_source
+    from synthmix.trainer.model import load_for_sampling
+    from synthmix.trainer.synthetic import generate_corpus
 
     prompts = load_source(SourceConfig(name="prompts", path=str(args.prompts), text_field=args.text_field))
     model, tokenizer = load_for_sampling(
@@ -358,7 +358,7 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace, overrides: list[str]) -> None:
     base_config = _load(args.base_config, ["--output_dir", str(args.cache_dir / "base-run")])
     config = _load(args.config, overrides)  # the overrides apply to stage 3
-    from trainer.demo import run_demo
+    from synthmix.trainer.demo import run_demo
 
     result = run_demo(base_config, config, args.cache_dir, args.samples)
     print(f"\ndone in {result.seconds:.0f} s")

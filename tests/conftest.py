@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-
-from data_mixers.tokenizer import train_bpe
+from synthmix.data_mixers.tokenizer import train_bpe
 
 TINY_LLAMA: dict[str, Any] = {
     "model_type": "llama",

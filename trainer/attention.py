@@ -21,9 +21,8 @@ import dataclasses
 from typing import Any
 
 import torch
-
-from trainer.errors import TrainerError
-from trainer.packing import PackedBatch
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.packing import PackedBatch
 
 VARLEN = ("flash_attention_3", "flash_attention_2")
 

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from trainer.config import INDICATOR_DIRECTION
+from synthmix.trainer.config import INDICATOR_DIRECTION
 
 CARD = "README.md"
 TAGS = ["synthmix", "synthetic-data", "model-collapse-monitoring"]

@@ -18,11 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 from peft import PeftModel
-
-from synthmix.scoring import padded_nll
-from trainer.config import CollapseConfig
-from trainer.errors import TrainerError
-from trainer.indicators import (
+from synthmix.trainer.config import CollapseConfig
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.indicators import (
     next_token_entropy,
     per_example_perplexity,
     perplexity,
@@ -32,8 +30,10 @@ from trainer.indicators import (
     sample_indicators,
     vendi_score,
 )
-from trainer.prompts import choose_prompts_from_ids, content_ids, leading_special_tokens
-from trainer.sampling import sample_continuations
+from synthmix.trainer.prompts import choose_prompts_from_ids, content_ids, leading_special_tokens
+from synthmix.trainer.sampling import sample_continuations
+
+from synthmix.scoring import padded_nll
 
 PPL_PERCENTILES = (50, 90, 99)
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from data_mixers.config import DataConfig, TokenizerConfig, validate_data
+from synthmix.data_mixers.config import DataConfig, TokenizerConfig, validate_data
+
 from synthmix.errors import ConfigError
 from synthmix.schema import apply_overrides, build, did_you_mean, load_yaml, parse_overrides
 

@@ -13,12 +13,11 @@ from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list
-
-from trainer.collapse import CollapseMonitor
-from trainer.distributed import max_over_ranks
-from trainer.run_log import RunLog
-from trainer.run_state import Run
-from trainer.schedule import rows_per_step, steps_in_epoch
+from synthmix.trainer.collapse import CollapseMonitor
+from synthmix.trainer.distributed import max_over_ranks
+from synthmix.trainer.run_log import RunLog
+from synthmix.trainer.run_state import Run
+from synthmix.trainer.schedule import rows_per_step, steps_in_epoch
 
 
 def eval_due(run: Run) -> bool:
@@ -103,7 +102,7 @@ def apply_actions(run: Run, alerts: list[dict[str, Any]]) -> None:
 
 
 def write_run_report(run: Run) -> None:
-    from trainer.report import write_report
+    from synthmix.trainer.report import write_report
 
     write_report([run.output_dir])
 

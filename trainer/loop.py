@@ -16,19 +16,15 @@ from typing import Any
 import torch
 import yaml
 from accelerate.utils import gather_object, set_seed
-from tqdm.auto import tqdm
-
-from data_mixers.config import KINDS
-from data_mixers.corpus import SourceReport, build_corpora
-from data_mixers.mixer import Mixer
-from synthmix.files import atomic_folder, write_text
-from synthmix.schema import to_dict
-from trainer.attention import attention_inputs, choose_attention
-from trainer.cards import CARD, model_card
-from trainer.checkpoint import JSON, Checkpointer, Part, RngState
-from trainer.collapse import CollapseMonitor
-from trainer.config import RunConfig, validate
-from trainer.distributed import (
+from synthmix.data_mixers.config import KINDS
+from synthmix.data_mixers.corpus import SourceReport, build_corpora
+from synthmix.data_mixers.mixer import Mixer
+from synthmix.trainer.attention import attention_inputs, choose_attention
+from synthmix.trainer.cards import CARD, model_card
+from synthmix.trainer.checkpoint import JSON, Checkpointer, Part, RngState
+from synthmix.trainer.collapse import CollapseMonitor
+from synthmix.trainer.config import RunConfig, validate
+from synthmix.trainer.distributed import (
     autocast_dtype,
     compute_dtype,
     describe,
@@ -36,17 +32,28 @@ from trainer.distributed import (
     make_accelerator,
     on_main_process,
 )
-from trainer.errors import TrainerError
-from trainer.evaluation import apply_actions, eval_due, evaluate, realized_ratio, replan_steps, write_run_report
-from trainer.loss import choose_loss, model_kwargs, per_token_nll
-from trainer.model import add_lora, build_model, check_positions, merged_copy, resolve_dtype
-from trainer.packing import PackedBatch, pack_rows
-from trainer.preemption import Preempted
-from trainer.run_log import METRICS, RunLog, ensure_new_run, read_events
-from trainer.run_state import Progress, Run
-from trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
-from trainer.sharding import full_value, gradient_sync, shard, sharding_for_launch
-from trainer.weights import OptimizerState, TrainableWeights, WeightsCodec, full_model_state
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.evaluation import (
+    apply_actions,
+    eval_due,
+    evaluate,
+    realized_ratio,
+    replan_steps,
+    write_run_report,
+)
+from synthmix.trainer.loss import choose_loss, model_kwargs, per_token_nll
+from synthmix.trainer.model import add_lora, build_model, check_positions, merged_copy, resolve_dtype
+from synthmix.trainer.packing import PackedBatch, pack_rows
+from synthmix.trainer.preemption import Preempted
+from synthmix.trainer.run_log import METRICS, RunLog, ensure_new_run, read_events
+from synthmix.trainer.run_state import Progress, Run
+from synthmix.trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
+from synthmix.trainer.sharding import full_value, gradient_sync, shard, sharding_for_launch
+from synthmix.trainer.weights import OptimizerState, TrainableWeights, WeightsCodec, full_model_state
+from tqdm.auto import tqdm
+
+from synthmix.files import atomic_folder, write_text
+from synthmix.schema import to_dict
 
 
 def train(config: RunConfig, resume: str | None = None) -> Path:

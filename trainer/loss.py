@@ -42,7 +42,7 @@ def choose_loss(requested: str, model: Any, device: torch.device) -> LossChoice:
         if problem is None:
             return LossChoice("liger", "liger-kernel's fused linear cross-entropy, checked equal to chunked")
         if requested == "liger":
-            from trainer.errors import TrainerError
+            from synthmix.trainer.errors import TrainerError
 
             raise TrainerError(f"train.loss: liger cannot be used here ({problem}); use auto or chunked")
         return LossChoice("chunked", f"chunked LM-head loss (liger: {problem})")

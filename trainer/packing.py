@@ -15,10 +15,9 @@ import dataclasses
 
 import numpy as np
 import torch
-
-from data_mixers.config import KINDS
-from data_mixers.mixer import Example
-from trainer.loss import IGNORE
+from synthmix.data_mixers.config import KINDS
+from synthmix.data_mixers.mixer import Example
+from synthmix.trainer.loss import IGNORE
 
 KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}
 PAD_KIND = -1

@@ -10,16 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-
-from data_mixers.config import KINDS
-from data_mixers.mixer import Mixer
-from trainer.attention import AttentionChoice
-from trainer.checkpoint import Checkpointer
-from trainer.collapse import CollapseMonitor
-from trainer.config import RunConfig
-from trainer.loss import LossChoice
-from trainer.preemption import StopSignals
-from trainer.run_log import RunLog
+from synthmix.data_mixers.config import KINDS
+from synthmix.data_mixers.mixer import Mixer
+from synthmix.trainer.attention import AttentionChoice
+from synthmix.trainer.checkpoint import Checkpointer
+from synthmix.trainer.collapse import CollapseMonitor
+from synthmix.trainer.config import RunConfig
+from synthmix.trainer.loss import LossChoice
+from synthmix.trainer.preemption import StopSignals
+from synthmix.trainer.run_log import RunLog
 
 
 @dataclasses.dataclass

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from synthmix.trainer.config import SamplingConfig
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.sharding import is_sharded
 from tqdm.auto import tqdm
-
-from trainer.config import SamplingConfig
-from trainer.errors import TrainerError
-from trainer.sharding import is_sharded
 
 
 class GenerationError(TrainerError):

@@ -7,9 +7,8 @@ import math
 from collections.abc import Callable
 
 import torch
-
-from data_mixers.mixer import Mixer
-from trainer.config import RunConfig, TrainConfig
+from synthmix.data_mixers.mixer import Mixer
+from synthmix.trainer.config import RunConfig, TrainConfig
 
 
 def rows_per_step(config: RunConfig) -> int:

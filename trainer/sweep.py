@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from synthmix.trainer.config import INDICATOR_DIRECTION, RunConfig, validate
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.indicators import relative_change
+from synthmix.trainer.run_log import METRICS, read_events, run_finished
 
 from synthmix.errors import ConfigError
 from synthmix.files import write_text
-from trainer.config import INDICATOR_DIRECTION, RunConfig, validate
-from trainer.errors import TrainerError
-from trainer.indicators import relative_change
-from trainer.run_log import METRICS, read_events, run_finished
 
 SWEEP_FILE = "sweep.jsonl"
 VERDICT_FILE = "verdict.json"
@@ -116,7 +116,7 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
     write_text(sweep.run_dir / SWEEP_FILE, "".join(json.dumps(row) + "\n" for row in rows))
     result = {**verdict(rows, sweep.tolerances), "steps": sweep.steps, "seeds": sweep.seeds, "ratios": sweep.ratios}
     write_text(sweep.run_dir / VERDICT_FILE, json.dumps(result, indent=2) + "\n")
-    from trainer.sweep_report import write_sweep_page
+    from synthmix.trainer.sweep_report import write_sweep_page
 
     write_sweep_page(sweep.run_dir, rows, result, [Path(c.output_dir) for c in configs.values()])
     return result
@@ -126,7 +126,7 @@ def plan_runs(sweep: Sweep) -> dict[tuple[float, int], RunConfig]:
     """Every run's config: its ratio (constant), seed, folder and step budget; rules only warn (an action that
     stopped a run or lowered its ratio would change what the sweep compares). Sets `sweep.steps` when unset.
     Each ratio's mix is planned here, so a ratio the data cannot give fails before anything trains."""
-    from data_mixers.corpus import build_corpora
+    from synthmix.data_mixers.corpus import build_corpora
 
     base = sweep.config
     corpora = build_corpora(base.data, base.tokenizer, progress=False, base_model=base.model.name)
@@ -158,8 +158,8 @@ def _with_ratio(config: RunConfig, ratio: float) -> RunConfig:
 
 
 def _planned_steps(config: RunConfig, corpora: list[Any], epochs: int) -> int:
-    from data_mixers.mixer import Mixer
-    from trainer.schedule import steps_in_epoch
+    from synthmix.data_mixers.mixer import Mixer
+    from synthmix.trainer.schedule import steps_in_epoch
 
     mixer = Mixer(corpora, config.data, config.seed, epochs, seq_len=config.train.seq_len)
     planned = sum(steps_in_epoch(mixer, e, config) for e in range(1, epochs + 1))
@@ -168,8 +168,8 @@ def _planned_steps(config: RunConfig, corpora: list[Any], epochs: int) -> int:
 
 def _epochs_for(config: RunConfig, corpora: list[Any], steps: int) -> int:
     """The fewest epochs whose planned steps reach `steps` at this ratio (max_steps then stops the run there)."""
-    from data_mixers.mixer import Mixer
-    from trainer.schedule import steps_in_epoch
+    from synthmix.data_mixers.mixer import Mixer
+    from synthmix.trainer.schedule import steps_in_epoch
 
     per_epoch = steps_in_epoch(Mixer(corpora, config.data, config.seed, 1, seq_len=config.train.seq_len), 1, config)
     epochs = math.ceil(steps / per_epoch)
@@ -191,7 +191,7 @@ def _one_thread() -> None:
 
 
 def _train_one(config: RunConfig) -> None:
-    from trainer.loop import train
+    from synthmix.trainer.loop import train
 
     folder = Path(config.output_dir)
     train(config, resume="latest" if (folder / "checkpoints").is_dir() else None)

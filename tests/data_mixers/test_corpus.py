@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from synthmix.data_mixers import Corpora, Corpus, DataConfig, MixerError, SourceConfig, build_corpora
+from synthmix.data_mixers.config import FilterConfig, HeldOutConfig, TokenizerConfig
 from transformers import PreTrainedTokenizerBase
-
-from data_mixers import Corpora, Corpus, DataConfig, MixerError, SourceConfig, build_corpora
-from data_mixers.config import FilterConfig, HeldOutConfig, TokenizerConfig
 
 
 def jsonl(folder: Path, name: str, texts: list[str]) -> str:

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from data_mixers.config import FilterConfig
-from data_mixers.encoding import item_key, key_hashes
-from data_mixers.hygiene import (
+from synthmix.data_mixers.config import FilterConfig
+from synthmix.data_mixers.encoding import item_key, key_hashes
+from synthmix.data_mixers.hygiene import (
     contained_in,
     filter_mask,
     first_occurrences,
@@ -20,7 +19,7 @@ from data_mixers.hygiene import (
     repeated_ngram_rates,
     select_held_out,
 )
-from data_mixers.sources import PromptCompletion
+from synthmix.data_mixers.sources import PromptCompletion
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """`synthmix inspect`: tables, --json, overrides, --dump, one-line errors with exit code 2, and the
-`python -m data_mixers inspect` alias; a config with only a data section can be inspected.
+`python -m synthmix inspect` alias; a config with only a data section can be inspected.
 
 Runs in-process (main(argv)) from the repository root, as a user would, with the tokenizer cache in a
 temporary folder so the tests never touch .cache/.
@@ -123,7 +123,7 @@ def test_a_config_with_only_a_data_section_is_inspected(inspect, tmp_path: Path)
 
 
 def test_module_entry_point_runs(cache: str) -> None:
-    command = [sys.executable, "-m", "data_mixers", "inspect", "--config", "configs/tiny.yaml"]
+    command = [sys.executable, "-m", "synthmix", "inspect", "--config", "configs/tiny.yaml"]
     done = subprocess.run([*command, "--data.cache_dir", cache], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "trigram-synthetic" in done.stdout and "epochs:" in done.stdout

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synthmix.data_mixers import Corpus, DataConfig, Example, Mixer, MixerError, SourceConfig, build_corpora
+from synthmix.data_mixers.config import HeldOutConfig, ScheduleConfig, TokenizerConfig
 from transformers import PreTrainedTokenizerBase
-
-from data_mixers import Corpus, DataConfig, Example, Mixer, MixerError, SourceConfig, build_corpora
-from data_mixers.config import HeldOutConfig, ScheduleConfig, TokenizerConfig
 
 
 def make_corpus(name: str, kind: str, lengths: Any) -> Corpus:

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from data_mixers import Corpus, DataConfig, Example, Mixer, MixerError, SourceConfig
-from data_mixers.rows import best_fit_decreasing, rows_from_assignment
+from synthmix.data_mixers import Corpus, DataConfig, Example, Mixer, MixerError, SourceConfig
+from synthmix.data_mixers.rows import best_fit_decreasing, rows_from_assignment
 
 SEQ = 32
 

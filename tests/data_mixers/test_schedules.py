@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from data_mixers.config import DataConfig, ScheduleConfig
-from data_mixers.schedules import ratio_for_epoch
+from synthmix.data_mixers.config import DataConfig, ScheduleConfig
+from synthmix.data_mixers.schedules import ratio_for_epoch
 
 
 def ratios(schedule: ScheduleConfig, epochs: int, synthetic_ratio: float = 0.3, upto: int | None = None) -> list:

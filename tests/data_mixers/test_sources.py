@@ -13,10 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from data_mixers.config import SourceConfig
-from data_mixers.errors import MixerError
-from data_mixers.sources import LoadedSource, load_source
+from synthmix.data_mixers.config import SourceConfig
+from synthmix.data_mixers.errors import MixerError
+from synthmix.data_mixers.sources import LoadedSource, load_source
 
 CHAT = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
 
@@ -387,7 +386,7 @@ def test_csv_round_trips_any_text(tmp_path: Path, texts: list[str]) -> None:
 
 # ---------------------------------------------------------------- prompt-completion (TRL's third format)
 def test_prompt_completion_pairs_plain_and_conversational(tmp_path: Path) -> None:
-    from data_mixers.sources import PromptCompletion
+    from synthmix.data_mixers.sources import PromptCompletion
 
     write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "2 + 2 =", "completion": " 4", "id": 1}])
     assert load(tmp_path, "pc.jsonl", prompt_field="prompt", completion_field="completion").items == [

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from synthmix.data_mixers import Corpora, DataConfig, SourceConfig, build_corpora
+from synthmix.data_mixers.config import FilterConfig, HeldOutConfig, TokenizerConfig
 from transformers import PreTrainedTokenizerBase
-
-from data_mixers import Corpora, DataConfig, SourceConfig, build_corpora
-from data_mixers.config import FilterConfig, HeldOutConfig, TokenizerConfig
 
 REAL = [f"real text number {i} about the topic {i % 7}" for i in range(60)]
 SYNTHETIC = [f"generated sample {i}, words words" for i in range(40)]
@@ -117,7 +116,7 @@ def test_a_changed_input_or_setting_rebuilds_only_what_it_touches(
         value = {"max_examples": 50, "on_error": "skip", "format": "jsonl", "split": "validation"}[key]
         data.sources[0] = dataclasses.replace(docs, **{key: value})
     elif change == "tokenizer":
-        from data_mixers.tokenizer import train_bpe
+        from synthmix.data_mixers.tokenizer import train_bpe
 
         tokenizer = train_bpe(REAL, vocab_size=270)
     else:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-import data_mixers.tokenizer as tokenizer_module
-from data_mixers import MixerError
-from data_mixers.config import TokenizerConfig
-from data_mixers.tokenizer import load_tokenizer, token_dtype, tokenizer_fingerprint, train_bpe
+import synthmix.data_mixers.tokenizer as tokenizer_module
+from synthmix.data_mixers import MixerError
+from synthmix.data_mixers.config import TokenizerConfig
+from synthmix.data_mixers.tokenizer import load_tokenizer, token_dtype, tokenizer_fingerprint, train_bpe
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Sure: two plus two is four.", "Hello there, how are you?"]
 

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from synthmix.data_mixers.errors import MixerError
+from synthmix.trainer.config import RunConfig
+from synthmix.trainer.errors import TrainerError
 
-from data_mixers.errors import MixerError
 from synthmix import cli
 from synthmix.errors import ConfigError, UserError
 from synthmix.schema import reference
-from trainer.config import RunConfig
-from trainer.errors import TrainerError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +105,7 @@ def test_every_package_error_is_a_user_error_and_a_config_error_is_not_a_mixer_e
 
 def test_python_dash_m_trainer_is_an_alias_of_synthmix_train(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "trainer", "--config", str(tmp_path / "nope.yaml")],
+        [sys.executable, "-m", "synthmix", "train", "--config", str(tmp_path / "nope.yaml")],
         cwd=REPO,
         capture_output=True,
         text=True,

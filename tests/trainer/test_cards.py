@@ -1,4 +1,4 @@
-"""trainer.cards: the model card of saved weights says what the run logged (sources, ratio per epoch, final
+"""synthmix.trainer.cards: the model card of saved weights says what the run logged (sources, ratio per epoch, final
 indicators vs the baseline, alerts); a generated corpus gets a data card."""
 
 from __future__ import annotations
@@ -7,10 +7,9 @@ import pydoc_data.topics
 from pathlib import Path
 
 import yaml
-
-from trainer.cards import CARD, data_card_path, model_card
-from trainer.config import SamplingConfig
-from trainer.synthetic import generate_corpus
+from synthmix.trainer.cards import CARD, data_card_path, model_card
+from synthmix.trainer.config import SamplingConfig
+from synthmix.trainer.synthetic import generate_corpus
 
 
 def header_and_body(card: str) -> tuple[dict, str]:

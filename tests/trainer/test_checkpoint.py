@@ -1,4 +1,4 @@
-"""trainer.checkpoint: parts written atomically and sealed by a manifest of checksums, pruning, damage
+"""synthmix.trainer.checkpoint: parts written atomically and sealed by a manifest of checksums, pruning, damage
 detection, compatibility checks before anything is loaded, the config diff, and RNG round trips."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from accelerate import Accelerator
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synthmix.trainer.checkpoint import JSON, MANIFEST, TORCH, Checkpointer, Part, RngState, find_checkpoint, verify
+from synthmix.trainer.errors import TrainerError
 
 from synthmix.errors import DiskFullError
-from trainer.checkpoint import JSON, MANIFEST, TORCH, Checkpointer, Part, RngState, find_checkpoint, verify
-from trainer.errors import TrainerError
 
 
 class Box:

@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.torch import load_file
-
-from data_mixers.corpus import build_corpora
-from data_mixers.mixer import Mixer
-from trainer.config import load_config
+from synthmix.data_mixers.corpus import build_corpora
+from synthmix.data_mixers.mixer import Mixer
+from synthmix.trainer.config import load_config
 
 ROOT = Path(__file__).parents[2]
 PROBE = Path(__file__).with_name("dist_probe.py")
@@ -85,7 +84,7 @@ def _launch(*args: str | Path, command: list[str] | None = None) -> subprocess.C
 
 
 def _train(config: Path, output_dir: Path, *extra: str) -> Path:
-    _launch("-m", "trainer", "--config", config, "--output_dir", output_dir, *extra)
+    _launch("-m", "synthmix", "train", "--config", config, "--output_dir", output_dir, *extra)
     return output_dir
 
 
@@ -230,12 +229,12 @@ def test_synthmix_train_itself_launches_under_torchrun_and_accelerate(
     tiny_config: Path, reference_run: Path, launcher: list[str]
 ):
     """The README's forms `torchrun --no-python synthmix train` and `accelerate launch --no_python synthmix
-    train` run the same two-process job as `torchrun -m trainer`: one group, the same adapter, bit for bit."""
+    train` run the same two-process job as `torchrun -m synthmix train`: one group, the same adapter, bit for bit."""
     output_dir = tiny_config.parent / f"console-{launcher[0]}"
     _launch(command=[*launcher, "synthmix", "train", "--config", str(tiny_config), "--output_dir", str(output_dir)])
     [config] = _events(output_dir, "config")
     assert (config["world_size"], config["distributed_type"]) == (WORLD_SIZE, "MULTI_CPU")
-    _assert_identical(_adapter(output_dir), _adapter(reference_run), f"{launcher[0]} vs torchrun -m trainer")
+    _assert_identical(_adapter(output_dir), _adapter(reference_run), f"{launcher[0]} vs torchrun -m synthmix train")
 
 
 # ---------------------------------------------------------------------------------------------- gradients
@@ -399,7 +398,7 @@ def test_an_fsdp_run_resumed_under_torchrun_ends_with_the_same_adapter_bit_for_b
 @pytest.mark.slow
 def test_sigterm_to_torchrun_checkpoints_both_ranks_and_the_run_resumes_bit_for_bit(tiny_config, reference_run):
     output_dir = tiny_config.parent / "preempted"
-    command = _torchrun("-m", "trainer", "--config", tiny_config, "--output_dir", output_dir)
+    command = _torchrun("-m", "synthmix", "train", "--config", tiny_config, "--output_dir", output_dir)
     torchrun = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
@@ -435,7 +434,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_config: Path, r
     checkpoints = output_dir / "checkpoints"
     with open(tiny_config.parent / "killed.log", "w") as log:
         torchrun = subprocess.Popen(
-            _torchrun("-m", "trainer", "--config", tiny_config, "--output_dir", output_dir),
+            _torchrun("-m", "synthmix", "train", "--config", tiny_config, "--output_dir", output_dir),
             cwd=ROOT,
             env=_env(),
             stdout=log,
@@ -511,7 +510,7 @@ def test_accelerate_launch_configs_parse(name: str):
 
     path = ROOT / "configs" / "accelerate" / name
     text = path.read_text()
-    assert text.startswith(f"# accelerate launch --config_file configs/accelerate/{name} -m trainer --config ")
+    assert text.startswith(f"# accelerate launch --config_file configs/accelerate/{name} -m synthmix train --config ")
     raw = yaml.safe_load(text)
     config = load_config_from_file(str(path))  # what `accelerate launch` reads; unknown top-level keys raise
     assert config.distributed_type.value == ACCELERATE_CONFIGS[name]
@@ -532,7 +531,7 @@ def test_real_model_configs_load_and_say_how_to_launch(name: str):
     header = itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines())
     assert any(
         "accelerate launch --config_file configs/accelerate/" in line
-        and line.endswith(f"-m trainer --config configs/{name}")
+        and line.endswith(f"-m synthmix train --config configs/{name}")
         for line in header
     )
     config = load_config(path)

@@ -1,4 +1,4 @@
-"""trainer.integrations: the collapse callback inside a real TRL `SFTTrainer` on a tiny model: evals at step 0,
+"""synthmix.trainer.integrations: the collapse callback inside a real TRL `SFTTrainer` on a tiny model: evals at step 0,
 every N steps and at the last step into metrics.jsonl and report.html, the indicators through the trainer's
 own log, a stop rule that stops training, and a resume that keeps the baseline."""
 
@@ -10,9 +10,8 @@ from pathlib import Path
 
 import datasets
 import pytest
-
-from trainer.integrations import STATE_FILE, CollapseCallback
-from trainer.run_log import METRICS, read_events
+from synthmix.trainer.integrations import STATE_FILE, CollapseCallback
+from synthmix.trainer.run_log import METRICS, read_events
 
 TEXTS = [text[:300] for text in pydoc_data.topics.topics.values() if len(text) > 200]
 HELD_OUT, TRAIN = TEXTS[:4], TEXTS[4:44]

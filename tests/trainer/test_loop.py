@@ -21,25 +21,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthmix.trainer.loop as loop
 import torch
 from dist_probe import record_pieces
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
+from synthmix.data_mixers.corpus import build_corpora
+from synthmix.data_mixers.encoding import encode_chat
+from synthmix.data_mixers.mixer import Mixer
+from synthmix.trainer.checkpoint import find_checkpoint, verify
+from synthmix.trainer.config import RunConfig, load_config
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.loop import fit, setup, train
+from synthmix.trainer.model import add_lora, build_model
+from synthmix.trainer.packing import IGNORE, pack_rows
+from synthmix.trainer.run_log import METRICS, RunLog, read_events
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import trainer.loop as loop
-from data_mixers.corpus import build_corpora
-from data_mixers.encoding import encode_chat
-from data_mixers.mixer import Mixer
 from synthmix.cli import main as synthmix
 from synthmix.schema import to_dict
-from trainer.checkpoint import find_checkpoint, verify
-from trainer.config import RunConfig, load_config
-from trainer.errors import TrainerError
-from trainer.loop import fit, setup, train
-from trainer.model import add_lora, build_model
-from trainer.packing import IGNORE, pack_rows
-from trainer.run_log import METRICS, RunLog, read_events
 
 # peft's PeftModel.from_pretrained reads a property that transformers 5.24 deprecated; nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -69,8 +69,8 @@ def main(argv: list[str]) -> int:
 
 
 def cli_command(*args: str) -> list[str]:
-    """`python -m trainer ARGS` with this interpreter."""
-    return [sys.executable, "-m", "trainer", *args]
+    """`python -m synthmix train ARGS` with this interpreter."""
+    return [sys.executable, "-m", "synthmix", "train", *args]
 
 
 def cli_env() -> dict[str, str]:
@@ -266,7 +266,7 @@ def wait_for_train_step(proc: subprocess.Popen, metrics: Path, step: int, timeou
 def interrupted_cli_run(
     config: Path, out: Path, step: int, interrupt: Callable[[subprocess.Popen], object]
 ) -> tuple[int, str]:
-    """Run `python -m trainer --config config --output_dir out`, call `interrupt(process)` once `step` is logged
+    """Run `python -m synthmix train --config config --output_dir out`, call `interrupt(process)` once `step` is logged
     (send it a signal, fill its disk), and return the run's exit code and its stderr."""
     proc = subprocess.Popen(
         cli_command("--config", str(config), "--output_dir", str(out)),

@@ -1,16 +1,15 @@
-"""trainer.loss: the chunked LM-head loss equals the cross-entropy of the full logits (values and gradients)
+"""synthmix.trainer.loss: the chunked LM-head loss equals the cross-entropy of the full logits (values and gradients)
 without holding them, per position as the loop needs it; the choice of loss for a model and a device."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import synthmix.trainer.loss as loss_module
 import torch
-
-import trainer.loss as loss_module
-from data_mixers.mixer import Example
-from trainer.loss import IGNORE, ChunkedNLL, LossChoice, choose_loss, model_kwargs, per_token_nll
-from trainer.packing import pack_rows
+from synthmix.data_mixers.mixer import Example
+from synthmix.trainer.loss import IGNORE, ChunkedNLL, LossChoice, choose_loss, model_kwargs, per_token_nll
+from synthmix.trainer.packing import pack_rows
 
 
 def reference_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -79,7 +78,7 @@ def test_the_loss_choice_names_why(tiny_tokenizer, tiny_model) -> None:
 
 
 def test_liger_is_refused_by_name_where_it_cannot_run(tiny_tokenizer, tiny_model) -> None:
-    from trainer.errors import TrainerError
+    from synthmix.trainer.errors import TrainerError
 
     with pytest.raises(TrainerError, match=r"train.loss: liger cannot be used here \(it needs a CUDA GPU\)"):
         choose_loss("liger", tiny_model(tiny_tokenizer), torch.device("cpu"))

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-
-from trainer.config import LoraConfig, ModelConfig
-from trainer.errors import TrainerError
-from trainer.model import add_lora, build_model, resolve_dtype
+from synthmix.trainer.config import LoraConfig, ModelConfig
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.model import add_lora, build_model, resolve_dtype
 
 IDS = torch.tensor([[5, 17, 42, 99, 7, 250, 3]])
 

@@ -7,14 +7,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synthmix.data_mixers.mixer import Example
+from synthmix.trainer.attention import AttentionChoice, attention_inputs, choose_attention
+from synthmix.trainer.config import ModelConfig
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.model import build_model
+from synthmix.trainer.packing import IGNORE, KIND_CODES, PAD_KIND, pack_rows
 from transformers.utils import is_flash_attn_2_available
-
-from data_mixers.mixer import Example
-from trainer.attention import AttentionChoice, attention_inputs, choose_attention
-from trainer.config import ModelConfig
-from trainer.errors import TrainerError
-from trainer.model import build_model
-from trainer.packing import IGNORE, KIND_CODES, PAD_KIND, pack_rows
 
 PAD = 1
 

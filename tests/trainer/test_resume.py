@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 from dist_probe import record_pieces
-
-from data_mixers import MixerError
-from trainer.config import load_config
-from trainer.loop import fit, setup
-from trainer.run_log import METRICS, read_events
+from synthmix.data_mixers import MixerError
+from synthmix.trainer.config import load_config
+from synthmix.trainer.loop import fit, setup
+from synthmix.trainer.run_log import METRICS, read_events
 
 QUICK = {"collapse": {"enabled": False}, "checkpoint": {"every_steps": None}}
 
@@ -44,7 +43,7 @@ def assert_every_real_example_once(pieces, lengths: dict[tuple[str, int], int]) 
 
 
 def real_lengths(run_config) -> dict[tuple[str, int], int]:
-    from data_mixers.corpus import build_corpora
+    from synthmix.data_mixers.corpus import build_corpora
 
     corpora = build_corpora(run_config.data, run_config.tokenizer)
     return {

@@ -1,4 +1,4 @@
-"""trainer.sweep: the verdict on recorded runs (by hand), and a tiny sweep end to end (equal steps, skipping
+"""synthmix.trainer.sweep: the verdict on recorded runs (by hand), and a tiny sweep end to end (equal steps, skipping
 finished runs, runs side by side in processes, the files it writes, bad input)."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from synthmix.trainer.indicators import relative_change
+from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.sweep import DEFAULT_TOLERANCES, breaks_tolerance, verdict
 
 from synthmix.cli import main as synthmix
 from synthmix.errors import ConfigError
-from trainer.indicators import relative_change
-from trainer.run_log import METRICS, read_events
-from trainer.sweep import DEFAULT_TOLERANCES, breaks_tolerance, verdict
 
 
 def rows(values: dict[float, list[dict[str, float]]]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""trainer.synthetic: a corpus of samples with provenance, written whole or not at all."""
+"""synthmix.trainer.synthetic: a corpus of samples with provenance, written whole or not at all."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import json
 import pydoc_data.topics
 
 import pytest
-
-from trainer.cards import data_card_path
-from trainer.config import SamplingConfig
-from trainer.synthetic import generate_corpus
+from synthmix.trainer.cards import data_card_path
+from synthmix.trainer.config import SamplingConfig
+from synthmix.trainer.synthetic import generate_corpus
 
 TEXTS = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:40]
 SAMPLE = SamplingConfig(max_new_tokens=12, batch_size=5, seed=1)

@@ -1,5 +1,5 @@
-"""data_mixers.torch_dataset: the exact mix as a torch IterableDataset. torchdata's StatefulDataLoader resumes it
-to the row; accelerate's IterableDatasetShard splits its global layout into each rank's mixer share; a real TRL
+"""synthmix.data_mixers.torch_dataset: the exact mix as a torch IterableDataset. torchdata's StatefulDataLoader resumes
+it to the row; accelerate's IterableDatasetShard splits its global layout into each rank's mixer share; a real TRL
 SFTTrainer receives the configured ratio per epoch and, resumed from its checkpoint, continues the stream where it
 stopped; scripts/trl_sft.py leaves metrics.jsonl eval events and report.html."""
 
@@ -14,14 +14,14 @@ from typing import Any
 import datasets
 import pytest
 import torch
+from synthmix.data_mixers.corpus import build_corpora
+from synthmix.data_mixers.errors import MixerError
+from synthmix.data_mixers.torch_dataset import FILLER_KIND, KindCounter, MixedStream, kind_counts
+from synthmix.trainer.config import load_config
+from synthmix.trainer.integrations import attach_stream
+from synthmix.trainer.run_log import METRICS, read_events
 
-from data_mixers.corpus import build_corpora
-from data_mixers.errors import MixerError
-from data_mixers.torch_dataset import FILLER_KIND, KindCounter, MixedStream, kind_counts
 from synthmix.errors import UserError
-from trainer.config import load_config
-from trainer.integrations import attach_stream
-from trainer.run_log import METRICS, read_events
 
 REPO = Path(__file__).resolve().parents[2]
 RATIO, BATCH, STEPS_SAVED = 0.3, 4, 10

@@ -20,18 +20,18 @@ from typing import Any
 
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
+from synthmix.trainer.collapse import CollapseMonitor
+from synthmix.trainer.config import CollapseConfig, validate_collapse
+from synthmix.trainer.distributed import on_main_process
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.evaluation import record_eval
+from synthmix.trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
+from synthmix.trainer.run_log import RunLog
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from synthmix.errors import UserError
 from synthmix.files import write_text
 from synthmix.schema import build
-from trainer.collapse import CollapseMonitor
-from trainer.config import CollapseConfig, validate_collapse
-from trainer.distributed import on_main_process
-from trainer.errors import TrainerError
-from trainer.evaluation import record_eval
-from trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
-from trainer.run_log import RunLog
 
 STATE_FILE = "synthmix_collapse.json"
 """Beside each checkpoint of the trainer: the monitor's baseline and reference, for a resumed run."""
@@ -164,7 +164,7 @@ class CollapseCallback(TrainerCallback):
         if self._saved_step == step:  # the Trainer saved this step before its epoch or train end evaluated it
             save_events(args, state)
         if self.config.report:
-            from trainer.report import write_report
+            from synthmix.trainer.report import write_report
 
             write_report([Path(args.output_dir)])
         return measured
