@@ -37,11 +37,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+
 import synthmix.trainer.collapse as collapse  # noqa: E402
 import synthmix.trainer.evaluation as evaluation  # noqa: E402
 import synthmix.trainer.indicators as indicators  # noqa: E402
 import synthmix.trainer.loop as loop  # noqa: E402
-import torch  # noqa: E402
 from synthmix.trainer.config import RunConfig, load_config  # noqa: E402
 from synthmix.trainer.run_log import METRICS, read_events  # noqa: E402
 

@@ -62,10 +62,11 @@ def data_config(size: str, cache: Path) -> Any:
 def job_build_ours(size: str, cache: Path) -> dict[str, Any]:
     """Build (or map) the store, plan epoch 1, pack the first batch; the times of each part."""
     started = time.perf_counter()
+    from transformers import AutoTokenizer  # noqa: F401  (imported before the clock starts, as for datasets)
+
     from synthmix.data_mixers.corpus import build_corpora
     from synthmix.data_mixers.mixer import Mixer
     from synthmix.trainer.packing import pack_rows
-    from transformers import AutoTokenizer  # noqa: F401  (imported before the clock starts, as for datasets)
 
     config = data_config(size, cache)
     imported = time.perf_counter()
@@ -148,10 +149,11 @@ def job_packing(size: str, cache: Path) -> dict[str, Any]:
     """Our bfd and wrap rows against TRL's bfd on the chats (assistant-only loss), at two row lengths."""
     import datasets
     import numpy as np
+    from trl import pack_dataset
+
     from synthmix.data_mixers.config import SourceConfig
     from synthmix.data_mixers.corpus import build_corpora
     from synthmix.data_mixers.mixer import Mixer
-    from trl import pack_dataset
 
     config = data_config(size, cache)
     chats = SourceConfig(name="chats", kind="real", path=str(DATA / "chats.jsonl"), messages_field="messages")

@@ -300,6 +300,7 @@ def summarize(clocks: list[tuple[float, float]], tokens: list[int], args: argpar
 def run_ours(args: argparse.Namespace, output_dir: str) -> dict:
     """setup() through the public API, then `train_step` warmup + steps times."""
     import torch
+
     from synthmix.trainer.config import load_config
     from synthmix.trainer.loop import setup, train_step
 
@@ -326,13 +327,14 @@ def run_trl(args: argparse.Namespace, output_dir: str, strategy: str) -> dict:
     import torch
     from accelerate.utils import set_seed
     from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
     from synthmix.data_mixers.corpus import build_corpora
     from synthmix.data_mixers.mixer import Mixer
     from synthmix.trainer.attention import choose_attention
     from synthmix.trainer.config import load_config
     from synthmix.trainer.model import build_model, peft_lora_config, resolve_dtype
-    from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
     config = load_config(None, run_overrides(args, output_dir))
     set_seed(config.seed)  # the order of our setup(): seed, corpora, model, so both build the same weights
@@ -563,6 +565,7 @@ def peak_flops(info: dict) -> float:
 def attention_paths(device: str) -> list[str]:
     """The attention implementations that can run on `device`, fastest first (sdpa always)."""
     import torch
+
     from synthmix.trainer.attention import choose_attention
     from synthmix.trainer.errors import TrainerError
 
@@ -599,6 +602,7 @@ def correctness(args: argparse.Namespace, attention: str, folder: Path) -> dict:
     falls, the adapter is saved, and the resumed run's losses and adapter match the straight run's (the largest
     differences are reported; on CPU they are 0)."""
     from safetensors.torch import load_file
+
     from synthmix.trainer.run_log import read_events
 
     settings = {

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import PreTrainedTokenizerBase
+
 from synthmix.data_mixers.config import DataConfig, SourceConfig, TokenizerConfig
 from synthmix.data_mixers.encoding import EncodeSettings, key_hashes
 from synthmix.data_mixers.errors import MixerError
@@ -22,7 +24,6 @@ from synthmix.data_mixers.sources import PromptCompletion, SourceStream
 from synthmix.data_mixers.store import Entry, EntryWriter, cached_entry, digest_of, source_fingerprint, tokenized_source
 from synthmix.data_mixers.tokenizer import load_tokenizer, tokenizer_fingerprint
 from synthmix.data_mixers.verifier import Verifier, model_identity, resolve_model, verify_synthetic
-from transformers import PreTrainedTokenizerBase
 
 _CLEANING_VERSION = 2
 _READ_FIELDS = ("format", "split", "text_field", "messages_field", "prompt_field", "completion_field", "on_error",

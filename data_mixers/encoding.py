@@ -14,9 +14,10 @@ import json
 from collections.abc import Sequence
 
 import numpy as np
+from transformers import PreTrainedTokenizerBase
+
 from synthmix.data_mixers.errors import MixerError
 from synthmix.data_mixers.sources import Chat, Item, PromptCompletion
-from transformers import PreTrainedTokenizerBase
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ millions of examples without holding their texts: dedup keeps hashes, not texts.
 from __future__ import annotations
 
 import numpy as np
+
 from synthmix.data_mixers.config import FilterConfig
 
 _NGRAM_BASE = np.uint64(1_000_003)

@@ -12,7 +12,6 @@ from typing import Any
 from synthmix.data_mixers.config import DataConfig, TokenizerConfig, resolved_packing
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.mixer import Mixer
-
 from synthmix.files import atomic_file
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
 from synthmix.data_mixers.config import KINDS, DataConfig, resolved_packing
 from synthmix.data_mixers.corpus import Corpus
 from synthmix.data_mixers.errors import MixerError

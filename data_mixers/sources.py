@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow
 import pyarrow.parquet as pq
+
 from synthmix.data_mixers.builtin import builtin_texts
 from synthmix.data_mixers.config import SourceConfig
 from synthmix.data_mixers.errors import MixerError

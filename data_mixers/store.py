@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
+
 from synthmix.data_mixers.config import SourceConfig
 from synthmix.data_mixers.encoding import EncodeSettings, encode_batch
 from synthmix.data_mixers.sources import SourceStream, example_form, resolve_path
-from tqdm.auto import tqdm
-
 from synthmix.files import atomic_folder, disk_full_is_an_error, sha256_of
 
 STORE_VERSION = 2  # 2: a .txt file is read line by line, up to a line that is not UTF-8

@@ -8,10 +8,10 @@ import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from synthmix.data_mixers.config import TokenizerConfig
-from synthmix.data_mixers.errors import MixerError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from synthmix.data_mixers.config import TokenizerConfig
+from synthmix.data_mixers.errors import MixerError
 from synthmix.files import atomic_folder
 
 EOS = "<|endoftext|>"

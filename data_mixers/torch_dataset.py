@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+
 from synthmix.data_mixers.config import KINDS, DataConfig
 from synthmix.data_mixers.corpus import Corpus
 from synthmix.data_mixers.errors import MixerError

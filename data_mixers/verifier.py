@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from synthmix.data_mixers.config import VerifierConfig
 from synthmix.data_mixers.errors import MixerError
 
@@ -65,8 +66,9 @@ class Verifier:
 
     def __init__(self, verifier: VerifierConfig, name: str, run_tokenizer: Any, progress: bool | None) -> None:
         import torch
-        from synthmix.data_mixers.tokenizer import tokenizer_fingerprint
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from synthmix.data_mixers.tokenizer import tokenizer_fingerprint
 
         self.config, self.name, self.run_tokenizer, self.progress = verifier, name, run_tokenizer, progress
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

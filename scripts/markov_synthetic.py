@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from synthmix.data_mixers.builtin import BUILTIN_CORPORA, builtin_texts
-
 from synthmix.files import atomic_file
 
 Context = tuple[str, str]

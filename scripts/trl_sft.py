@@ -26,8 +26,13 @@ from typing import Any
 
 import datasets
 import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.torch_dataset import MixedStream
+from synthmix.errors import ConfigError, UserError
+from synthmix.files import write_text
+from synthmix.schema import to_dict
 from synthmix.trainer.attention import choose_attention
 from synthmix.trainer.cards import CARD, model_card
 from synthmix.trainer.config import RunConfig, load_config
@@ -35,11 +40,6 @@ from synthmix.trainer.distributed import first_then_others, several_cpu_processe
 from synthmix.trainer.integrations import CollapseCallback, attach_stream
 from synthmix.trainer.model import add_lora, build_model, resolve_dtype
 from synthmix.trainer.run_log import METRICS, RunLog, ensure_new_run, read_events
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-
-from synthmix.errors import ConfigError, UserError
-from synthmix.files import write_text
-from synthmix.schema import to_dict
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from synthmix.data_mixers.tokenizer import train_bpe
 
 TINY_LLAMA: dict[str, Any] = {

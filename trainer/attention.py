@@ -21,6 +21,7 @@ import dataclasses
 from typing import Any
 
 import torch
+
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.packing import PackedBatch
 

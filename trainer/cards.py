@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from synthmix.trainer.config import INDICATOR_DIRECTION
 
 CARD = "README.md"

@@ -34,11 +34,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from synthmix.trainer.distributed import on_main_process
-from synthmix.trainer.errors import TrainerError
 
 from synthmix.files import atomic_folder, disk_full_is_an_error, remove_temporaries, sha256_of
 from synthmix.schema import flatten
+from synthmix.trainer.distributed import on_main_process
+from synthmix.trainer.errors import TrainerError
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from peft import PeftModel
+
+from synthmix.scoring import padded_nll
 from synthmix.trainer.config import CollapseConfig
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.indicators import (
@@ -32,8 +34,6 @@ from synthmix.trainer.indicators import (
 )
 from synthmix.trainer.prompts import choose_prompts_from_ids, content_ids, leading_special_tokens
 from synthmix.trainer.sampling import sample_continuations
-
-from synthmix.scoring import padded_nll
 
 PPL_PERCENTILES = (50, 90, 99)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from synthmix.data_mixers.config import DataConfig, TokenizerConfig, validate_data
-
 from synthmix.errors import ConfigError
 from synthmix.schema import apply_overrides, build, did_you_mean, load_yaml, parse_overrides
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list
+
 from synthmix.trainer.collapse import CollapseMonitor
 from synthmix.trainer.distributed import max_over_ranks
 from synthmix.trainer.run_log import RunLog

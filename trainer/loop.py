@@ -16,9 +16,13 @@ from typing import Any
 import torch
 import yaml
 from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
 from synthmix.data_mixers.config import KINDS
 from synthmix.data_mixers.corpus import SourceReport, build_corpora
 from synthmix.data_mixers.mixer import Mixer
+from synthmix.files import atomic_folder, write_text
+from synthmix.schema import to_dict
 from synthmix.trainer.attention import attention_inputs, choose_attention
 from synthmix.trainer.cards import CARD, model_card
 from synthmix.trainer.checkpoint import JSON, Checkpointer, Part, RngState
@@ -50,10 +54,6 @@ from synthmix.trainer.run_state import Progress, Run
 from synthmix.trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
 from synthmix.trainer.sharding import full_value, gradient_sync, shard, sharding_for_launch
 from synthmix.trainer.weights import OptimizerState, TrainableWeights, WeightsCodec, full_model_state
-from tqdm.auto import tqdm
-
-from synthmix.files import atomic_folder, write_text
-from synthmix.schema import to_dict
 
 
 def train(config: RunConfig, resume: str | None = None) -> Path:

@@ -14,8 +14,6 @@ import torch
 from accelerate import init_empty_weights
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
-from synthmix.trainer.config import LoraConfig, ModelConfig, RunConfig
-from synthmix.trainer.errors import TrainerError
 from torch.distributed.tensor import DTensor
 from transformers import (
     AutoConfig,
@@ -25,6 +23,9 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from synthmix.trainer.config import LoraConfig, ModelConfig, RunConfig
+from synthmix.trainer.errors import TrainerError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -15,6 +15,7 @@ import dataclasses
 
 import numpy as np
 import torch
+
 from synthmix.data_mixers.config import KINDS
 from synthmix.data_mixers.mixer import Example
 from synthmix.trainer.loss import IGNORE

@@ -9,6 +9,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
 from synthmix.trainer.run_record import RunRecord, num
 
 # tab10 without its red, which marks alerts.

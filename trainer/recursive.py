@@ -26,17 +26,17 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from synthmix.data_mixers.config import SourceConfig
 from synthmix.data_mixers.corpus import real_training_texts
+from synthmix.files import write_text
 from synthmix.trainer.config import RunConfig
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.loop import train
 from synthmix.trainer.run_log import METRICS, read_events, run_finished
 from synthmix.trainer.sampling import SamplingConfig
 from synthmix.trainer.synthetic import generate_corpus
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from synthmix.files import write_text
 
 STRATEGIES = ("replace", "accumulate", "fixed_real", "adaptive")
 SUMMARY = "generations.jsonl"

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from synthmix.files import write_text
 from synthmix.trainer.indicators import INDICATOR_DIRECTION
 from synthmix.trainer.plots import ALERT_RED, PALETTE, generation_plot, indicator_plot, loss_plots, ratio_plot
 from synthmix.trainer.run_record import ReportError, RunRecord, indicator_names, load_run, num
-
-from synthmix.files import write_text
 
 # The sentence under each indicator's plot.
 COLLAPSE_SENTENCES: dict[str, str] = {

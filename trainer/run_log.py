@@ -13,10 +13,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from synthmix.trainer.errors import TrainerError
-
 from synthmix.errors import DiskFullError
 from synthmix.files import disk_full_is_an_error, is_disk_full, write_json
+from synthmix.trainer.errors import TrainerError
 
 METRICS = "metrics.jsonl"
 TRACKER_IDS = "trackers.json"

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+
 from synthmix.data_mixers.config import KINDS
 from synthmix.data_mixers.mixer import Mixer
 from synthmix.trainer.attention import AttentionChoice

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+
 from synthmix.trainer.config import SamplingConfig
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.sharding import is_sharded
-from tqdm.auto import tqdm
 
 
 class GenerationError(TrainerError):

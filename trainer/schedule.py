@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 
 import torch
+
 from synthmix.data_mixers.mixer import Mixer
 from synthmix.trainer.config import RunConfig, TrainConfig
 

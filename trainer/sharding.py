@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from synthmix.trainer.errors import TrainerError
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+
+from synthmix.trainer.errors import TrainerError
 
 # What `accelerate launch` sets from a config's fsdp_config section (accelerate/utils/launch.py).
 _ACCELERATE_FSDP_VARIABLES = ("ACCELERATE_USE_FSDP", "FSDP_VERSION")

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from synthmix.errors import ConfigError
+from synthmix.files import write_text
 from synthmix.trainer.config import INDICATOR_DIRECTION, RunConfig, validate
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.indicators import relative_change
 from synthmix.trainer.run_log import METRICS, read_events, run_finished
-
-from synthmix.errors import ConfigError
-from synthmix.files import write_text
 
 SWEEP_FILE = "sweep.jsonl"
 VERDICT_FILE = "verdict.json"

@@ -8,12 +8,11 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from synthmix.files import write_text
 from synthmix.trainer.config import INDICATOR_DIRECTION
 from synthmix.trainer.plots import PALETTE, sweep_overlay_plot, sweep_ratio_plot
 from synthmix.trainer.report import COLLAPSE_SENTENCES, CSS, _card, _fmt
 from synthmix.trainer.run_record import load_run, num
-
-from synthmix.files import write_text
 
 PAGE_FILE = "sweep.html"
 

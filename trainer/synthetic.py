@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from synthmix.files import atomic_file, write_text
 from synthmix.trainer.cards import data_card, data_card_path
 from synthmix.trainer.prompts import choose_prompts
 from synthmix.trainer.sampling import SamplingConfig, sample_continuations
-
-from synthmix.files import atomic_file, write_text
 
 
 def generate_corpus(

@@ -16,8 +16,6 @@ from typing import Any
 import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
-from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.sharding import is_sharded
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -27,6 +25,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from synthmix.files import disk_full_is_an_error
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.sharding import is_sharded
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 

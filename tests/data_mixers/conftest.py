@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from synthmix.data_mixers.tokenizer import train_bpe
 from transformers import PreTrainedTokenizerFast
+
+from synthmix.data_mixers.tokenizer import train_bpe
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from synthmix.data_mixers import Corpus, DataConfig, Mixer, MixerError, SourceConfig
 from synthmix.data_mixers.config import TokenizerConfig, validate_data
-
 from synthmix.errors import ConfigError
 from synthmix.schema import apply_overrides, build, load_yaml, parse_overrides
 

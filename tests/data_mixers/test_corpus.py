@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from transformers import PreTrainedTokenizerBase
+
 from synthmix.data_mixers import Corpora, Corpus, DataConfig, MixerError, SourceConfig, build_corpora
 from synthmix.data_mixers.config import FilterConfig, HeldOutConfig, TokenizerConfig
-from transformers import PreTrainedTokenizerBase
 
 
 def jsonl(folder: Path, name: str, texts: list[str]) -> str:

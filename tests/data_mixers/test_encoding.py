@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from transformers import PreTrainedTokenizerBase
+
 from synthmix.data_mixers import MixerError
 from synthmix.data_mixers.encoding import EncodeSettings, encode_batch, encode_chat
 from synthmix.data_mixers.sources import PromptCompletion
 from synthmix.data_mixers.tokenizer import train_bpe
-from transformers import PreTrainedTokenizerBase
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Sure: two plus two is four.", "Hello there, how are you?"]
 ALL = EncodeSettings(add_eos=True, assistant_only_loss=True, completion_only_loss=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from synthmix.data_mixers.config import FilterConfig
 from synthmix.data_mixers.encoding import item_key, key_hashes
 from synthmix.data_mixers.hygiene import (

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers import PreTrainedTokenizerBase
+
 from synthmix.data_mixers import Corpus, DataConfig, Example, Mixer, MixerError, SourceConfig, build_corpora
 from synthmix.data_mixers.config import HeldOutConfig, ScheduleConfig, TokenizerConfig
-from transformers import PreTrainedTokenizerBase
 
 
 def make_corpus(name: str, kind: str, lengths: Any) -> Corpus:

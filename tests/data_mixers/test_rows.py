@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from synthmix.data_mixers import Corpus, DataConfig, Example, Mixer, MixerError, SourceConfig
 from synthmix.data_mixers.rows import best_fit_decreasing, rows_from_assignment
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from synthmix.data_mixers.config import DataConfig, ScheduleConfig
 from synthmix.data_mixers.schedules import ratio_for_epoch
 

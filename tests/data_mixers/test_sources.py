@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from synthmix.data_mixers.config import SourceConfig
 from synthmix.data_mixers.errors import MixerError
 from synthmix.data_mixers.sources import LoadedSource, load_source

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from transformers import PreTrainedTokenizerBase
+
 from synthmix.data_mixers import Corpora, DataConfig, SourceConfig, build_corpora
 from synthmix.data_mixers.config import FilterConfig, HeldOutConfig, TokenizerConfig
-from transformers import PreTrainedTokenizerBase
 
 REAL = [f"real text number {i} about the topic {i % 7}" for i in range(60)]
 SYNTHETIC = [f"generated sample {i}, words words" for i in range(40)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 import synthmix.data_mixers.tokenizer as tokenizer_module
 from synthmix.data_mixers import MixerError
 from synthmix.data_mixers.config import TokenizerConfig

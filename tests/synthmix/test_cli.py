@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from synthmix.data_mixers.errors import MixerError
-from synthmix.trainer.config import RunConfig
-from synthmix.trainer.errors import TrainerError
 
 from synthmix import cli
+from synthmix.data_mixers.errors import MixerError
 from synthmix.errors import ConfigError, UserError
 from synthmix.schema import reference
+from synthmix.trainer.config import RunConfig
+from synthmix.trainer.errors import TrainerError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
+
+from synthmix.schema import apply_overrides, flatten
 from synthmix.trainer.config import RunConfig, load_config
 from synthmix.trainer.loop import fit, setup, train
 from synthmix.trainer.run_log import METRICS, read_events
 from synthmix.trainer.run_state import Run
-
-from synthmix.schema import apply_overrides, flatten
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = REPO / "data" / "tiny_synthetic.jsonl"

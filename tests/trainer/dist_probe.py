@@ -18,10 +18,11 @@ import json
 import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
+
 from synthmix.trainer.config import load_config
 from synthmix.trainer.loop import fit, setup
 from synthmix.trainer.sharding import full_value
-from torch.distributed.tensor import DTensor
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import pydoc_data.topics
 from pathlib import Path
 
 import yaml
+
 from synthmix.trainer.cards import CARD, data_card_path, model_card
 from synthmix.trainer.config import SamplingConfig
 from synthmix.trainer.synthetic import generate_corpus

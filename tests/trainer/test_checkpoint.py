@@ -18,10 +18,10 @@ import torch
 from accelerate import Accelerator
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from synthmix.trainer.checkpoint import JSON, MANIFEST, TORCH, Checkpointer, Part, RngState, find_checkpoint, verify
-from synthmix.trainer.errors import TrainerError
 
 from synthmix.errors import DiskFullError
+from synthmix.trainer.checkpoint import JSON, MANIFEST, TORCH, Checkpointer, Part, RngState, find_checkpoint, verify
+from synthmix.trainer.errors import TrainerError
 
 
 class Box:

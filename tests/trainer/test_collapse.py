@@ -23,6 +23,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
+from synthmix.errors import ConfigError
+from synthmix.schema import apply_overrides, flatten
 from synthmix.trainer.checkpoint import find_checkpoint, verify
 from synthmix.trainer.collapse import CollapseMonitor
 from synthmix.trainer.config import (
@@ -36,9 +39,6 @@ from synthmix.trainer.config import (
 from synthmix.trainer.indicators import INDICATOR_DIRECTION, self_bleu
 from synthmix.trainer.loop import train
 from synthmix.trainer.run_log import METRICS, read_events
-
-from synthmix.errors import ConfigError
-from synthmix.schema import apply_overrides, flatten
 
 EVAL_KEYS = {
     "real_ppl", "distinct_1", "distinct_2", "distinct_3", "unigram_entropy", "self_bleu", "repetition_rate",

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_loop import QUICK, assert_same_training, interrupted_cli_run, run_config
+
 from synthmix.data_mixers.corpus import build_corpora
+from synthmix.errors import DiskFullError
 from synthmix.trainer.checkpoint import verify
 from synthmix.trainer.loop import finish, save_checkpoint, setup, train
 from synthmix.trainer.run_log import METRICS, read_events
-from test_loop import QUICK, assert_same_training, interrupted_cli_run, run_config
-
-from synthmix.errors import DiskFullError
 
 DISK_MIB = 24
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from safetensors.torch import load_file
+
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.mixer import Mixer
 from synthmix.trainer.config import load_config

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sacrebleu.metrics import BLEU
+
 from synthmix.trainer.indicators import (
     INDICATOR_DIRECTION,
     compression_ratio,

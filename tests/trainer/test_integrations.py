@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+
 from synthmix.trainer.integrations import STATE_FILE, CollapseCallback
 from synthmix.trainer.run_log import METRICS, read_events
 

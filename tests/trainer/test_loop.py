@@ -21,14 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import synthmix.trainer.loop as loop
 import torch
 from dist_probe import record_pieces
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import synthmix.trainer.loop as loop
+from synthmix.cli import main as synthmix
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.encoding import encode_chat
 from synthmix.data_mixers.mixer import Mixer
+from synthmix.schema import to_dict
 from synthmix.trainer.checkpoint import find_checkpoint, verify
 from synthmix.trainer.config import RunConfig, load_config
 from synthmix.trainer.errors import TrainerError
@@ -36,10 +40,6 @@ from synthmix.trainer.loop import fit, setup, train
 from synthmix.trainer.model import add_lora, build_model
 from synthmix.trainer.packing import IGNORE, pack_rows
 from synthmix.trainer.run_log import METRICS, RunLog, read_events
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from synthmix.cli import main as synthmix
-from synthmix.schema import to_dict
 
 # peft's PeftModel.from_pretrained reads a property that transformers 5.24 deprecated; nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")

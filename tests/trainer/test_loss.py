@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import synthmix.trainer.loss as loss_module
 import torch
+
+import synthmix.trainer.loss as loss_module
 from synthmix.data_mixers.mixer import Example
 from synthmix.trainer.loss import IGNORE, ChunkedNLL, LossChoice, choose_loss, model_kwargs, per_token_nll
 from synthmix.trainer.packing import pack_rows

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+
 from synthmix.trainer.config import LoraConfig, ModelConfig
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.model import add_lora, build_model, resolve_dtype

@@ -7,13 +7,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers.utils import is_flash_attn_2_available
+
 from synthmix.data_mixers.mixer import Example
 from synthmix.trainer.attention import AttentionChoice, attention_inputs, choose_attention
 from synthmix.trainer.config import ModelConfig
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.model import build_model
 from synthmix.trainer.packing import IGNORE, KIND_CODES, PAD_KIND, pack_rows
-from transformers.utils import is_flash_attn_2_available
 
 PAD = 1
 

@@ -8,10 +8,6 @@ import signal
 from pathlib import Path
 
 import pytest
-from synthmix.trainer.checkpoint import find_checkpoint, verify
-from synthmix.trainer.loop import train
-from synthmix.trainer.preemption import StopSignals
-from synthmix.trainer.run_log import METRICS, read_events
 from test_loop import (
     assert_same_training,
     interrupted_cli_run,
@@ -19,6 +15,11 @@ from test_loop import (
     step_of,
     train_events,
 )
+
+from synthmix.trainer.checkpoint import find_checkpoint, verify
+from synthmix.trainer.loop import train
+from synthmix.trainer.preemption import StopSignals
+from synthmix.trainer.run_log import METRICS, read_events
 
 EXIT_PREEMPTED = 75
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pydoc_data.topics
 
 import pytest
-from synthmix.trainer.prompts import prompts_from_texts
-from synthmix.trainer.sampling import GenerationError
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
+
+from synthmix.trainer.prompts import prompts_from_texts
+from synthmix.trainer.sampling import GenerationError
 
 TEXTS = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:40]
 

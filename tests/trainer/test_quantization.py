@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_loop import QUICK, run_config
+
+from synthmix.errors import ConfigError
 from synthmix.trainer.config import LoraConfig, load_config
 from synthmix.trainer.loop import fit, setup, train
 from synthmix.trainer.model import add_lora
 from synthmix.trainer.run_log import METRICS, read_events
-from test_loop import QUICK, run_config
-
-from synthmix.errors import ConfigError
 
 ADAPTER = "adapter/adapter_model.safetensors"
 # bitsandbytes' CPU 4-bit kernel needs every linear layer's input width to be a multiple of its 64-wide blocks

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dist_probe import record_pieces
+
 from synthmix.data_mixers import MixerError
 from synthmix.trainer.config import load_config
 from synthmix.trainer.loop import fit, setup

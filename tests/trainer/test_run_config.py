@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from synthmix.trainer.config import RunConfig, load_config
 
 from synthmix.errors import ConfigError
 from synthmix.schema import apply_overrides, flatten
+from synthmix.trainer.config import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))  # configs/accelerate/ holds launcher configs, not run configs

@@ -6,10 +6,10 @@ import pydoc_data.topics
 
 import pytest
 import torch
-from synthmix.trainer.config import SamplingConfig, validate_sampling
-from synthmix.trainer.sampling import GenerationError, sample_continuations
 
 from synthmix.errors import ConfigError
+from synthmix.trainer.config import SamplingConfig, validate_sampling
+from synthmix.trainer.sampling import GenerationError, sample_continuations
 
 TEXTS = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:40]
 # Wider than the shared tiny Llama, so sampled text varies enough for the seed tests.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.model import merged_copy
 from synthmix.trainer.sharding import Sharding, sharding_for_launch

@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from synthmix.trainer.indicators import relative_change
-from synthmix.trainer.run_log import METRICS, read_events
-from synthmix.trainer.sweep import DEFAULT_TOLERANCES, breaks_tolerance, verdict
 
 from synthmix.cli import main as synthmix
 from synthmix.errors import ConfigError
+from synthmix.trainer.indicators import relative_change
+from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.sweep import DEFAULT_TOLERANCES, breaks_tolerance, verdict
 
 
 def rows(values: dict[float, list[dict[str, float]]]) -> list[dict]:

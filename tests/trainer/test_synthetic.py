@@ -6,6 +6,7 @@ import json
 import pydoc_data.topics
 
 import pytest
+
 from synthmix.trainer.cards import data_card_path
 from synthmix.trainer.config import SamplingConfig
 from synthmix.trainer.synthetic import generate_corpus

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+
+from synthmix.errors import ConfigError, UserError
 from synthmix.trainer.config import load_config
 from synthmix.trainer.loop import train
 from synthmix.trainer.run_log import METRICS, TRACKER_IDS, read_events
-
-from synthmix.errors import ConfigError, UserError
 
 RULE = "[{indicator: real_ppl, direction: down, threshold: 0.0001, action: warn}]"
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from synthmix.data_mixers import verifier as verifier_module
 from synthmix.data_mixers.builtin import builtin_texts
 from synthmix.data_mixers.config import VerifierConfig
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.errors import MixerError
 from synthmix.data_mixers.verifier import keep_threshold, model_identity
-from synthmix.trainer.config import load_config
-
 from synthmix.errors import ConfigError
+from synthmix.trainer.config import load_config
 
 
 def test_the_threshold_is_the_real_quantile_or_the_absolute_limit() -> None:

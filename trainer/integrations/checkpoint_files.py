@@ -7,10 +7,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from synthmix.trainer.run_log import METRICS, RunLog
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from synthmix.files import write_text
+from synthmix.trainer.run_log import METRICS, RunLog
 
 EVENTS_FILE = "synthmix_metrics.jsonl"
 """Beside each checkpoint: OUTPUT_DIR/metrics.jsonl as it stood when the checkpoint was written."""

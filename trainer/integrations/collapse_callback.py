@@ -20,6 +20,11 @@ from typing import Any
 
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from synthmix.errors import UserError
+from synthmix.files import write_text
+from synthmix.schema import build
 from synthmix.trainer.collapse import CollapseMonitor
 from synthmix.trainer.config import CollapseConfig, validate_collapse
 from synthmix.trainer.distributed import on_main_process
@@ -27,11 +32,6 @@ from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.evaluation import record_eval
 from synthmix.trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
 from synthmix.trainer.run_log import RunLog
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-
-from synthmix.errors import UserError
-from synthmix.files import write_text
-from synthmix.schema import build
 
 STATE_FILE = "synthmix_collapse.json"
 """Beside each checkpoint of the trainer: the monitor's baseline and reference, for a resumed run."""

@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import PartialState
+from transformers import DefaultFlowCallback, TrainerCallback
+
 from synthmix.data_mixers.errors import MixerError
 from synthmix.data_mixers.torch_dataset import KindCounter, MixedStream
+from synthmix.files import write_text
 from synthmix.trainer.distributed import on_main_process
 from synthmix.trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
 from synthmix.trainer.integrations.collapse_callback import CollapseCallback
 from synthmix.trainer.run_log import RunLog
-from transformers import DefaultFlowCallback, TrainerCallback
-
-from synthmix.files import write_text
 
 STREAM_STATE_FILE = "synthmix_stream.json"
 """Beside each `Trainer` checkpoint: the stream's state at that checkpoint's step, and the epoch's counts so far."""
