@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from synthmix.data_mixers.chat_templates import CHAT_TEMPLATES, is_jinja_template
 from synthmix.errors import ConfigError
 
 KINDS = ("real", "synthetic")
@@ -162,14 +163,19 @@ class DataConfig:
     """For chat (`messages_field`) sources, train on the assistant's tokens only."""
     completion_only_loss: bool = True
     """For prompt-completion sources, train on the completion's tokens only (TRL's default too)."""
+    chat_template: str | None = None
+    """How chats are rendered: null is the tokenizer's own chat template; `chatml`, or a Jinja template string,
+    replaces it (for a base model's tokenizer, which has none); saved with the run's tokenizer."""
 
 
 @dataclasses.dataclass
 class TokenizerConfig:
-    """The run's tokenizer: a hub name or local path, or a byte-level BPE trained on the real sources."""
+    """The run's tokenizer: a hub name or local path, the model's own, or a byte-level BPE trained on the real
+    sources."""
 
     name: str | None = None
-    """Hub name or local folder; null trains a byte-level BPE on the real training text and caches it."""
+    """Hub name or local folder; null is the model's own tokenizer when model.name is set, and a byte-level BPE
+    trained on the real training text (cached) when the model is built from model.arch."""
     vocab_size: int = 4096
     """Vocabulary size of a locally trained tokenizer (cached under data.cache_dir)."""
     trust_remote_code: bool = False
@@ -205,6 +211,16 @@ def validate_data(data: DataConfig) -> None:
             raise ConfigError(f"data.{key}: must be at least 1, got {value}")
     validate_verifier(data.filters.verifier)
     validate_schedule(data)
+    _validate_chat_template(data.chat_template)
+
+
+def _validate_chat_template(choice: str | None) -> None:
+    if choice is not None and choice not in CHAT_TEMPLATES and not is_jinja_template(choice):
+        names = ", ".join(CHAT_TEMPLATES)
+        raise ConfigError(
+            f"data.chat_template: expected {names} or a Jinja template ({{% for message in messages %}}...), "
+            f"got {choice!r}"
+        )
 
 
 def validate_verifier(verifier: VerifierConfig) -> None:

@@ -22,7 +22,7 @@ from synthmix.data_mixers.errors import MixerError
 from synthmix.data_mixers.hygiene import contained_in, filter_mask, first_occurrences, select_held_out
 from synthmix.data_mixers.sources import PromptCompletion, SourceStream
 from synthmix.data_mixers.store import Entry, EntryWriter, cached_entry, digest_of, source_fingerprint, tokenized_source
-from synthmix.data_mixers.tokenizer import load_tokenizer, tokenizer_fingerprint
+from synthmix.data_mixers.tokenizer import load_tokenizer, set_chat_template, tokenizer_fingerprint
 from synthmix.data_mixers.verifier import Verifier, model_identity, resolve_model, verify_synthetic
 
 _CLEANING_VERSION = 2
@@ -124,11 +124,14 @@ def build_corpora(
     base_model: str | None = None,
 ) -> Corpora:
     """Tokenize (or map from the store) and clean every source of `data`; the tokenizer is trained on the real
-    training text if none is named or given. `progress`: show progress bars (None: on a terminal only).
-    `base_model`: the run's model.name, which `data.filters.verifier.model: base` scores with."""
+    training text if none is named or given, and gets `data.chat_template` when one is set (a given tokenizer
+    too). `progress`: show progress bars (None: on a terminal only). `base_model`: the run's model.name, which
+    `data.filters.verifier.model: base` scores with."""
     if tokenizer is None:
         text = lambda: real_training_texts(data, base_dir)  # noqa: E731  (read only when the cache misses)
         tokenizer = load_tokenizer(tokenizer_config, text, _training_text_fingerprint(data, base_dir), data.cache_dir)
+    set_chat_template(tokenizer, data.chat_template)
+    _check_chat_template(data, tokenizer)
     settings = EncodeSettings(data.add_eos, data.assistant_only_loss, data.completion_only_loss)
     fingerprint = tokenizer_fingerprint(tokenizer)
     store = Path(data.cache_dir) / "store"
@@ -163,6 +166,21 @@ def build_corpora(
     if "verifier" in cleaned.meta:
         how["verifier"] = cleaned.meta["verifier"]
     return Corpora(train, held_out, reports, skipped, tokenizer, how)
+
+
+def _check_chat_template(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A chat source is rendered with the chat template: a tokenizer without one is an error before any reading."""
+    if tokenizer.chat_template is not None:
+        return
+    listed = [("data.sources", data.sources), ("data.held_out.sources", data.held_out.sources)]
+    for where, sources in listed:
+        for i, source in enumerate(sources):
+            if source.messages_field is not None:
+                raise MixerError(
+                    f"{where}[{i}] ({source.name}): chats are rendered with the tokenizer's chat template, and "
+                    f"tokenizer {tokenizer.name_or_path!r} has none; set data.chat_template: chatml, or use an "
+                    "instruct model's tokenizer (tokenizer.name)"
+                )
 
 
 def _training_order(sources: list[SourceConfig]) -> list[SourceConfig]:

@@ -151,7 +151,11 @@ def render_prompt_completion(
 
 def _check_template(tokenizer: PreTrainedTokenizerBase) -> None:
     if tokenizer.chat_template is None:
-        raise MixerError("chat data needs a tokenizer with a chat template; this tokenizer has none")
+        raise MixerError(
+            "chats (and conversational prompt-completion pairs) are rendered with the tokenizer's chat template, "
+            f"and tokenizer {tokenizer.name_or_path!r} has none; set data.chat_template: chatml, or use an "
+            "instruct model's tokenizer (tokenizer.name)"
+        )
 
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: Chat) -> tuple[np.ndarray, np.ndarray]:

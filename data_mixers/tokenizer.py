@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from synthmix.data_mixers.chat_templates import CHAT_TEMPLATES, CHATML_TEMPLATE
 from synthmix.data_mixers.config import TokenizerConfig
 from synthmix.data_mixers.errors import MixerError
 from synthmix.files import atomic_folder
@@ -18,13 +19,6 @@ EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-# ChatML, so chat data renders the same way as with many hub instruct models.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 _BPE_VERSION = "bpe-v2"
 
 
@@ -46,6 +40,13 @@ def load_tokenizer(
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def set_chat_template(tokenizer: PreTrainedTokenizerBase, choice: str | None) -> None:
+    """Give `tokenizer` the template `data.chat_template` chooses: a name of CHAT_TEMPLATES or a Jinja template;
+    None keeps its own."""
+    if choice is not None:
+        tokenizer.chat_template = CHAT_TEMPLATES.get(choice, choice)
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on `texts` (any iterable, streamed), with eos/pad tokens and a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -62,7 +63,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(seen, trainer=trainer)
     if not seen.count:
-        raise MixerError("tokenizer.name is null, so a tokenizer is trained on the real sources; they are empty")
+        raise MixerError(
+            "tokenizer.name is null and the model is built from model.arch, so a tokenizer is trained on the real "
+            "sources; they are empty"
+        )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=None)
     fast.chat_template = CHATML_TEMPLATE
     fast.model_max_length = 1_000_000

@@ -35,7 +35,7 @@ from synthmix.files import write_text
 from synthmix.schema import to_dict
 from synthmix.trainer.attention import choose_attention
 from synthmix.trainer.cards import CARD, model_card
-from synthmix.trainer.config import RunConfig, load_config
+from synthmix.trainer.config import RunConfig, load_config, run_tokenizer
 from synthmix.trainer.distributed import first_then_others, several_cpu_processes
 from synthmix.trainer.integrations import CollapseCallback, attach_stream
 from synthmix.trainer.model import add_lora, build_model, resolve_dtype
@@ -80,7 +80,7 @@ def build(config: RunConfig) -> tuple[Any, Any]:
     # is node-local), as `synthmix train` does.
     corpora = first_then_others(
         processes,
-        lambda: build_corpora(config.data, config.tokenizer, progress=main and config.train.progress,
+        lambda: build_corpora(config.data, run_tokenizer(config), progress=main and config.train.progress,
                               base_model=config.model.name),
         first=main if config.data.cache_shared else processes.is_local_main_process,
     )  # fmt: skip

@@ -151,8 +151,10 @@ def _inspect(args: argparse.Namespace, overrides: list[str]) -> None:
     epochs = args.epochs if args.epochs is not None else config.train.epochs
     if epochs < 1:
         raise ConfigError(f"--epochs: must be at least 1, got {epochs}")
+    from synthmix.trainer.config import run_tokenizer
+
     described = inspect_mix(
-        config.data, config.tokenizer, config.seed, epochs, config.train.seq_len, args.dump, args.rows,
+        config.data, run_tokenizer(config), config.seed, epochs, config.train.seq_len, args.dump, args.rows,
         base_model=config.model.name,
     )  # fmt: skip
     report = {"config": str(args.config), **described}

@@ -318,6 +318,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, dat
     return config
 
 
+def run_tokenizer(config: RunConfig) -> TokenizerConfig:
+    """The tokenizer the run uses: tokenizer.name when set; else the model's own (model.name, trusted as the
+    model is); else None, a BPE trained on the real text for a model built from model.arch."""
+    tokenizer, model = config.tokenizer, config.model
+    if tokenizer.name is not None or model.name is None:
+        return tokenizer
+    trust = tokenizer.trust_remote_code or model.trust_remote_code
+    return dataclasses.replace(tokenizer, name=model.name, trust_remote_code=trust)
+
+
+def tokenizer_origin(config: RunConfig) -> str:
+    """Why the run has its tokenizer, in words (the `config` event records it)."""
+    if config.tokenizer.name is not None:
+        return "tokenizer.name"
+    if config.model.name is not None:
+        return "the model's own (tokenizer.name is null)"
+    return "a byte-level BPE trained on the real text (tokenizer.name is null, the model is built from model.arch)"
+
+
 def validate(config: RunConfig) -> None:
     """Checks across fields; errors name the dotted key. Called at load and again by `train` (for configs
     that a job changed after loading)."""

@@ -94,8 +94,7 @@ def fine_tune(config: RunConfig, base: Path, synthetic: Path) -> Path:
     ]
     config = dataclasses.replace(
         config,
-        model=dataclasses.replace(config.model, name=str(base), arch={}),
-        tokenizer=dataclasses.replace(config.tokenizer, name=str(base)),
+        model=dataclasses.replace(config.model, name=str(base), arch={}),  # and its own tokenizer
         data=dataclasses.replace(config.data, sources=sources),
     )
     run_dir = Path(config.output_dir)

@@ -27,7 +27,7 @@ from synthmix.trainer.attention import attention_inputs, choose_attention
 from synthmix.trainer.cards import CARD, model_card
 from synthmix.trainer.checkpoint import JSON, Checkpointer, Part, RngState
 from synthmix.trainer.collapse import CollapseMonitor
-from synthmix.trainer.config import RunConfig, validate
+from synthmix.trainer.config import RunConfig, run_tokenizer, tokenizer_origin, validate
 from synthmix.trainer.distributed import (
     autocast_dtype,
     compute_dtype,
@@ -85,7 +85,7 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         accelerator,
         lambda: build_corpora(
             config.data,
-            config.tokenizer,
+            run_tokenizer(config),
             progress=accelerator.is_main_process and config.train.progress,
             base_model=config.model.name,
         ),
@@ -177,6 +177,12 @@ def _log_start(run: Run, reports: list[SourceReport]) -> None:
         trainable_parameters=sum(p.numel() for p in run.model.parameters() if p.requires_grad),
         parameters=sum(p.numel() for p in run.model.parameters()),
         steps_per_epoch=run.progress.steps_per_epoch,
+        tokenizer={
+            "name": run.tokenizer.name_or_path,
+            "from": tokenizer_origin(run.config),
+            "tokens": len(run.tokenizer),
+            "chat_template": run.config.data.chat_template or ("own" if run.tokenizer.chat_template else None),
+        },
         loss={"kind": run.loss.kind, "reason": run.loss.reason},
         attention={"kind": run.attention.kind, "isolation": run.attention.isolation, "reason": run.attention.reason},
         quantization=_quantization(run.unwrapped),

@@ -66,11 +66,7 @@ def build_model(
             with tempfile.TemporaryDirectory(prefix="synthmix-base-") as folder:
                 model.save_pretrained(folder)
                 model = _from_pretrained(config, folder, dtype, attention, quantization, device)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        raise TrainerError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
-            f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer"
-        )
+    check_tokenizer_fits(model, tokenizer, config)
     if config.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)  # the older name warns from 5.24 on
         if enable is not None:
@@ -79,6 +75,43 @@ def build_model(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def check_tokenizer_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: ModelConfig) -> None:
+    """The tokenizer's ids must mean what they meant when the model was trained: every id has an embedding row,
+    and a pretrained model's own tokenizer (when it ships one) gives each shared token the same id."""
+    rows = model.get_input_embeddings().num_embeddings
+    name = tokenizer.name_or_path
+    model_name = f"model.name {config.name!r}" if config.name else "the model built from model.arch"
+    if len(tokenizer) > rows:
+        vocab = getattr(model.config.get_text_config(), "vocab_size", rows)
+        raise TrainerError(
+            f"tokenizer {name!r} has {len(tokenizer):,} tokens but {model_name} has {rows:,} embedding rows "
+            f"(config.vocab_size {vocab:,}): ids from {rows:,} on have no embedding; use the model's own tokenizer "
+            "(tokenizer.name: null)"
+        )
+    if config.name is None or name == config.name:
+        return
+    own = _own_tokenizer(config)
+    if own is None:
+        return
+    own_ids = own.get_vocab()
+    moved = [(token, i, own_ids[token]) for token, i in tokenizer.get_vocab().items() if own_ids.get(token, i) != i]
+    if moved:
+        token, i, j = moved[0]
+        raise TrainerError(
+            f"tokenizer {name!r} is not the vocabulary {model_name} was trained with: {len(moved):,} tokens have "
+            f"other ids than in the model's own tokenizer (e.g. {token!r}: {i} vs {j}); use the model's own "
+            "tokenizer (tokenizer.name: null)"
+        )
+
+
+def _own_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase | None:
+    """The tokenizer that ships with a pretrained model, or None when it ships none."""
+    try:
+        return AutoTokenizer.from_pretrained(config.name, trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _from_pretrained(

@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from synthmix.data_mixers.config import SourceConfig
 from synthmix.data_mixers.corpus import real_training_texts
 from synthmix.files import write_text
-from synthmix.trainer.config import RunConfig
+from synthmix.trainer.config import RunConfig, run_tokenizer
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.loop import train
 from synthmix.trainer.run_log import METRICS, read_events, run_finished
@@ -93,7 +93,10 @@ def run_experiment(exp: Experiment) -> Path:
 def _sample_corpus(exp: Experiment, generation: int, real_texts: list[str], out: Path) -> None:
     """Generation g's corpus, sampled from generation g-1 (the base model, or base + its adapter)."""
     base = exp.config.model.name
-    tokenizer = AutoTokenizer.from_pretrained(exp.config.tokenizer.name or base)
+    tokenizer_config = run_tokenizer(exp.config)
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_config.name, trust_remote_code=tokenizer_config.trust_remote_code
+    )
     previous = exp.run_dir / f"gen-{generation - 1}"
     if generation > 1 and (previous / "model").is_dir():  # lora.r: 0 trains, and saves, the whole model
         model = AutoModelForCausalLM.from_pretrained(str(previous / "model"), dtype=torch.float32)

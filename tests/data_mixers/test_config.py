@@ -141,6 +141,7 @@ def test_wrong_types_name_the_dotted_key(tmp_path: Path, raw: dict, expected: st
             },
             "data.sources[0]: set messages_field or prompt_field/completion_field, not both",
         ),
+        ({"chat_template": "llama3"}, "data.chat_template: expected chatml or a Jinja template"),
     ],
 )
 def test_values_out_of_range_and_bad_schedules_are_refused(tmp_path: Path, data: dict, expected: str) -> None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
+from transformers import AutoTokenizer
 
-from synthmix.trainer.config import LoraConfig, ModelConfig
+from synthmix.cli import main
+from synthmix.data_mixers.tokenizer import train_bpe
+from synthmix.trainer.config import LoraConfig, ModelConfig, load_config
 from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.loop import train
 from synthmix.trainer.model import add_lora, build_model, resolve_dtype
+from synthmix.trainer.run_log import METRICS, read_events
 
 IDS = torch.tensor([[5, 17, 42, 99, 7, 250, 3]])
 
@@ -60,8 +68,88 @@ def test_an_unknown_architecture_names_model_arch(tiny_tokenizer, built) -> None
 
 
 def test_a_tokenizer_larger_than_the_embedding_is_refused(tiny_tokenizer, tiny_arch) -> None:
-    with pytest.raises(TrainerError, match=r"the tokenizer has 300 tokens but the model's embedding only 100"):
+    with pytest.raises(
+        TrainerError, match=r"has 300 tokens but the model built from model.arch has 100 embedding rows"
+    ):
         build_model(ModelConfig(arch={**tiny_arch, "vocab_size": 100}), tiny_tokenizer, torch.float32, "sdpa")
+
+
+# ---------------------------------------------------------------------------------------------- its tokenizer
+def test_a_pretrained_model_trains_with_its_own_tokenizer_when_none_is_named(
+    make_config, base_model: Path, tmp_path: Path
+) -> None:
+    """The tiny config trains a 512-token BPE for its model.arch; switched to a pretrained folder (whose own
+    tokenizer has 384 tokens) without naming a tokenizer, it trains with the folder's."""
+    switch = [
+        "--model.arch",
+        "{}",
+        "--model.name",
+        str(base_model),
+        "--train.max_steps",
+        "2",
+        "--collapse.enabled",
+        "false",
+    ]
+    out = train(load_config(make_config(), ["--output_dir", str(tmp_path / "run"), *switch]))
+    own, saved = AutoTokenizer.from_pretrained(base_model), AutoTokenizer.from_pretrained(out / "tokenizer")
+    assert len(own) == 384 and saved.get_vocab() == own.get_vocab()
+    (config,) = [e for e in read_events(out / METRICS) if e["event"] == "config"]
+    assert config["tokenizer"]["tokens"] == 384 and config["tokenizer"]["from"].startswith("the model's own")
+    assert config["config"]["tokenizer"]["name"] is None  # the config as written; the event says what ran
+
+
+def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_a_tokenizer_of_another_vocabulary_is_one_line_naming_the_fix(
+    make_config, base_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Trained on reversed text: its merges, and so the ids past the bytes, are not the base model's.
+    import pydoc_data.topics
+
+    texts = [text[::-1] for text in pydoc_data.topics.topics.values()][:40]
+    train_bpe(texts, vocab_size=300).save_pretrained(str(tmp_path / "other"))
+    train_bpe(texts, vocab_size=500).save_pretrained(str(tmp_path / "larger"))
+    argv = ["train", "--config", str(make_config()), "--output_dir", str(tmp_path / "run")]
+    argv += ["--model.arch", "{}", "--model.name", str(base_model)]
+    line = _one_line_error([*argv, "--tokenizer.name", str(tmp_path / "other")], capsys)
+    assert "is not the vocabulary model.name" in line and "use the model's own tokenizer (tokenizer.name: null)" in line
+    line = _one_line_error(
+        [*argv, "--tokenizer.name", str(tmp_path / "larger"), "--output_dir", str(tmp_path / "b")], capsys
+    )
+    assert "has 500 tokens but model.name" in line and "384 embedding rows" in line
+
+
+def test_chats_with_a_tokenizer_without_a_chat_template_are_one_line_naming_data_chat_template(
+    base_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A base model's tokenizer has no chat template: the chat source is refused before anything is read, and
+    data.chat_template: chatml renders it."""
+    plain = tmp_path / "plain-base"
+    shutil.copytree(base_model, plain)
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    tokenizer.chat_template = None
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer.save_pretrained(str(plain))
+    assert AutoTokenizer.from_pretrained(plain).chat_template is None
+    chats = tmp_path / "chats.jsonl"
+    turns = [[{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": f"{2 * i}."}]
+             for i in range(12)]  # fmt: skip
+    chats.write_text("".join(json.dumps({"messages": chat}) + "\n" for chat in turns))
+    config = tmp_path / "chat.yaml"
+    source = {"name": "chats", "kind": "real", "path": str(chats), "messages_field": "messages"}
+    data = {"sources": [source], "cache_dir": str(tmp_path / "cache"), "dedup": False}
+    config.write_text(yaml.safe_dump({"data": data, "model": {"name": str(plain)}}))
+    line = _one_line_error(["inspect", "--config", str(config)], capsys)
+    assert "data.sources[0] (chats): chats are rendered with the tokenizer's chat template" in line
+    assert "has none; set data.chat_template: chatml" in line
+    assert main(["inspect", "--config", str(config), "--data.chat_template", "chatml", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sources"][0]["examples"] > 0
 
 
 def test_dtype_is_as_configured_and_float32_on_cpu_by_default(tiny_tokenizer, tiny_arch) -> None:
