@@ -72,6 +72,9 @@ def quiet_libraries() -> None:
 
     # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package is missing.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # MLflow's first use of its default SQLite store logs each table it creates and each migration it applies.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint; ours say what runs
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")

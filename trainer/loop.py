@@ -186,6 +186,7 @@ def _log_start(run: Run, reports: list[SourceReport]) -> None:
         loss={"kind": run.loss.kind, "reason": run.loss.reason},
         attention={"kind": run.attention.kind, "isolation": run.attention.isolation, "reason": run.attention.reason},
         quantization=_quantization(run.unwrapped),
+        trackers=run.log.locations,
         **describe(run.accelerator, run.sharding),
     )
 

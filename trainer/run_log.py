@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -51,6 +52,8 @@ class RunLog:
         logged after it; W&B and MLflow continue their runs)."""
         self.path = output_dir / METRICS
         self.enabled = enabled
+        self.locations: dict[str, str] = {}
+        """Where each tracker writes (a folder, a store's URI, a run's URL), as printed at start."""
         self._trackers = output_dir / "tensorboard"
         self._accelerator = accelerator if enabled and accelerator is not None and accelerator.log_with else None
         if self._accelerator is not None:
@@ -63,6 +66,7 @@ class RunLog:
                 "wandb": {"dir": str(output_dir), "name": output_dir.name, "resume": "allow",
                           **({"id": ids["wandb"]} if "wandb" in ids else {})},
                 "mlflow": {"run_name": output_dir.name, **({"run_id": ids["mlflow"]} if "mlflow" in ids else {})},
+                "trackio": {"name": output_dir.name},
             }  # fmt: skip
             try:
                 with disk_full_is_an_error(self._trackers):
@@ -78,10 +82,15 @@ class RunLog:
                 self.close(warn=False)  # the trackers that did start
                 raise
             except Exception as err:  # a tracker's own set-up (server, credentials, store): the user can fix it
-                names = ", ".join(type(t).__name__ for t in self._accelerator.trackers) or "the"
+                trackers = self._accelerator.trackers
+                names = ", ".join(t.name for t in trackers) or "the"
+                hints = "".join(f"; {TRACKER_HINTS[t.name]}" for t in trackers if t.name in TRACKER_HINTS)
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 self.close(warn=False)
-                raise TrainerError(f"train.report_to: starting {names} tracker(s) failed: {first}") from err
+                raise TrainerError(f"train.report_to: starting {names} tracker(s) failed: {first}{hints}") from err
+            self.locations = {tracker.name: _location(tracker) for tracker in self._accelerator.trackers}
+            for name, where in self.locations.items():
+                print(f"{name} tracker: {where}", file=sys.stderr, flush=True)
 
     def event(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event; numeric fields of an event with a `step` also go to every tracker."""
@@ -128,6 +137,38 @@ class RunLog:
         if not is_disk_full(failure):
             raise failure
         warnings.warn(f"{self._trackers}: tracker events not all written (no space left)", stacklevel=2)
+
+
+TRACKER_HINTS = {
+    "wandb": "log in with `wandb login` (or set WANDB_API_KEY), or run offline with WANDB_MODE=offline",
+    "mlflow": "MLFLOW_TRACKING_URI names the store (default: sqlite:///mlflow.db in the working directory)",
+}
+"""What to try when a tracker fails to start, added to the one-line error."""
+
+
+def _location(tracker: Any) -> str:
+    """Where a started tracker writes, in the words its own tools take (a folder, a store's URI, a run's URL)."""
+    if tracker.name == "tensorboard":
+        return f"{tracker.logging_dir} (tensorboard --logdir {Path(tracker.logging_dir).parent})"
+    if tracker.name == "mlflow":
+        import mlflow
+
+        uri, run = mlflow.get_tracking_uri(), tracker.active_run.info
+        return (
+            f"run {run.run_id} of experiment {tracker.experiment_name!r} in {uri} (mlflow ui --backend-store-uri {uri})"
+        )
+    if tracker.name == "wandb":
+        run = tracker.run
+        if run.settings.mode == "offline":
+            return f"offline run {run.id} in {Path(run.dir).parent} (wandb sync that folder to upload it)"
+        return str(run.url)
+    if tracker.name == "trackio":
+        from trackio.utils import TRACKIO_DIR
+
+        return f"{TRACKIO_DIR} (trackio show --project {tracker.run_name})"
+    if tracker.name == "aim":
+        return f"repo {tracker.aim_repo_path} (aim up --repo {tracker.aim_repo_path})"
+    return tracker.name
 
 
 def _tracker_ids(output_dir: Path) -> dict[str, str]:

@@ -1,14 +1,20 @@
-"""train.report_to: a tiny run logs to TensorBoard, MLflow (a local file store) and W&B (offline) at once; what
-TensorBoard and MLflow recorded is read back and equals metrics.jsonl; bad tracker names are one-line errors."""
+"""train.report_to: a tiny run logs to TensorBoard, MLflow (a SQLite store named by MLFLOW_TRACKING_URI) and W&B
+(offline) at once; what TensorBoard and MLflow recorded is read back and equals metrics.jsonl. MLflow with no
+variable at all writes MLflow's default store in the working directory. Bad tracker names are one-line errors.
+Only variables a user sets are set here: MLFLOW_TRACKING_URI and WANDB_MODE=offline."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from synthmix.cli import main
 from synthmix.errors import ConfigError, UserError
 from synthmix.trainer.config import load_config
 from synthmix.trainer.loop import train
@@ -25,10 +31,8 @@ def tracked(tmp_path_factory: pytest.TempPathFactory, write_tiny_config) -> Path
     overrides = ["--output_dir", str(root / "run"), "--collapse.rules", RULE,
                  "--train.report_to", "[tensorboard, mlflow, wandb]"]  # fmt: skip
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", f"file:{root / 'mlruns'}")
-        env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3.17 keeps the file store behind a flag
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         env.setenv("WANDB_MODE", "offline")
-        env.setenv("WANDB_SILENT", "true")
         train(load_config(path, [*overrides, "--train.max_steps", "5"]))
         with pytest.raises(UserError, match="other data"):  # after the trackers started: they must be finished
             train(
@@ -58,14 +62,18 @@ def test_tensorboard_recorded_every_step_metric_and_eval_indicator(tracked: Path
     assert [s.step for s in board.Scalars("alert/value")] == [a["step"] for a in of(events, "alert")]
 
 
-def test_mlflow_recorded_the_metrics_and_the_config_as_parameters(tracked: Path) -> None:
+def test_mlflow_recorded_the_metrics_and_the_config_as_parameters(
+    tracked: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     events = read_events(tracked / "run" / METRICS)
-    client = MlflowClient(tracking_uri=f"file:{tracked / 'mlruns'}")
-    (experiment,) = [e for e in client.search_experiments() if e.name == "synthmix"]
-    (run,) = client.search_runs([experiment.experiment_id])  # the resumes continued the run: one in all
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tracked / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["synthmix"], output_format="list")  # the resumes continued it
     assert run.info.run_name == "run" and run.info.status == "FINISHED"
+    assert run.data.metrics["eval/real_ppl"] == pytest.approx(of(events, "eval")[-1]["real_ppl"], rel=1e-9)
+    client = MlflowClient()
     assert (tracked / "status-after-refusal").read_text() == "None"  # the refused resume ended its run
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [(m.step, m.value) for m in history] == [
@@ -79,6 +87,29 @@ def test_mlflow_recorded_the_metrics_and_the_config_as_parameters(tracked: Path)
     assert params["lora.target_modules"] == '["q_proj", "k_proj", "v_proj", "o_proj"]'
 
 
+def test_mlflow_with_no_variable_writes_its_default_store_in_the_working_directory(
+    tmp_path: Path, make_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a user who only adds mlflow to report_to gets: a run in sqlite:///mlflow.db beside them, where
+    `mlflow ui` looks by default, and the command says so."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    command = [sys.executable, "-m", "synthmix", "train", "--config", str(make_config()), "--output_dir", "run"]
+    command += ["--train.max_steps", "2", "--train.report_to", "[mlflow]"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert "mlflow tracker: run " in done.stderr and f"in {store} (mlflow ui --backend-store-uri" in done.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    import mlflow
+
+    (run,) = mlflow.search_runs(experiment_names=["synthmix"], output_format="list")
+    events = read_events(tmp_path / "run" / METRICS)
+    assert run.data.metrics["train/loss"] == pytest.approx(of(events, "train")[-1]["loss"], rel=1e-9)
+    assert {"eval/real_ppl", "eval/distinct_2", "eval/tail_mass"} <= set(run.data.metrics)
+    (config,) = of(events, "config")
+    assert config["trackers"]["mlflow"].startswith(f"run {run.info.run_id} of experiment 'synthmix' in {store}")
+
+
 def test_wandb_ran_offline_into_the_run_folder_and_each_resume_continued_its_run(tracked: Path) -> None:
     # wandb 0.31 reads its offline run files only from its Go core, so only the run's own files are checked here.
     starts = sorted((tracked / "run" / "wandb").glob("offline-run-*"))  # offline-run-TIME-ID[-N], one per start
@@ -86,6 +117,20 @@ def test_wandb_ran_offline_into_the_run_folder_and_each_resume_continued_its_run
     assert len(starts) == 3 and ids == {json.loads((tracked / "run" / TRACKER_IDS).read_text())["wandb"]}
     (record,) = starts[0].glob("run-*.wandb")
     assert record.stat().st_size > 1000
+
+
+def test_wandb_without_a_login_is_one_line_saying_how_to_log_in_or_run_offline(
+    tmp_path: Path, make_config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings: a machine never logged in
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--config", str(make_config()), "--output_dir", "run", "--train.report_to", "[wandb]"]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: train.report_to: starting wandb tracker(s) failed: ")
+    assert line.endswith("log in with `wandb login` (or set WANDB_API_KEY), or run offline with WANDB_MODE=offline")
 
 
 def test_none_logs_to_metrics_jsonl_only(tmp_path: Path, make_config) -> None:
