@@ -317,7 +317,7 @@ def run_ours(args: argparse.Namespace, output_dir: str) -> dict:
         times.append(clock())
         tokens.append(stats["tokens_real"] + stats["tokens_synthetic"])
     memory = meter.stop()
-    run.log.close()
+    run.close()
     return {**summarize(times, tokens, args), **memory, **info, "last_loss": stats["loss"]}
 
 

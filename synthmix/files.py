@@ -8,7 +8,10 @@ that names the path and the free space, after removing its own temporary file, s
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -23,7 +26,11 @@ from synthmix.errors import DiskFullError
 
 _TEMP_MARK = ".tmp-"
 _TEMPORARY = re.compile(r"^\.(.+)\.tmp-\d+-[0-9a-f]{8}$")
+_ASIDE_MARK = ".aside-"
+"""An old folder moved aside to make room for its replacement (only where the two cannot be exchanged)."""
+_ASIDE = re.compile(r"^\.(.+)\.aside-\d+-[0-9a-f]{8}$")
 _FULL = {errno.ENOSPC, errno.EDQUOT}
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -38,10 +45,16 @@ def final_name(path: Path) -> Path:
 
 
 def remove_temporaries(folder: Path) -> None:
-    """Delete what a crash left behind while writing into `folder` (its temporary files and folders)."""
+    """Undo what a crash left behind while writing into `folder`: a folder moved aside for a replacement that
+    never arrived goes back to its name; temporary files and folders, and old copies whose replacement is in
+    place, are deleted."""
     if not folder.is_dir():
         return
-    for leftover in folder.glob(f".*{_TEMP_MARK}*"):
+    for aside in folder.glob(f".*{_ASIDE_MARK}*"):
+        match = _ASIDE.match(aside.name)
+        if match and not (folder / match[1]).exists():
+            os.replace(aside, folder / match[1])
+    for leftover in [*folder.glob(f".*{_TEMP_MARK}*"), *folder.glob(f".*{_ASIDE_MARK}*")]:
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
@@ -102,11 +115,16 @@ def _move_into_place(temporary: Path, path: Path, replace: bool) -> None:
     if path.exists():
         if not replace:
             return
-        # A folder cannot be renamed over a non-empty one: move the old one aside first, then drop it.
-        old = temporary_sibling(path)
-        os.replace(path, old)
-        os.replace(temporary, path)
-        shutil.rmtree(old, ignore_errors=True)
+        # A folder cannot be renamed over a non-empty one. Exchanged in one step, the new one is in place at every
+        # instant and the old one holds the temporary name (a crash leaves it to remove_temporaries). Where the
+        # system cannot exchange, the old one is moved aside under a name that remove_temporaries restores.
+        if _exchange(temporary, path):
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            aside = path.with_name(f".{path.name}{_ASIDE_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.replace(path, aside)
+            os.replace(temporary, path)
+            shutil.rmtree(aside, ignore_errors=True)
     else:
         try:
             os.replace(temporary, path)
@@ -114,6 +132,50 @@ def _move_into_place(temporary: Path, path: Path, replace: bool) -> None:
             if not (replace is False and path.exists()):  # lost a race in first-writer-wins mode: fine
                 raise
     fsync_folder(path.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux's renameat2 with RENAME_EXCHANGE); False where the C library or
+    the file system cannot."""
+    renameat2 = getattr(_libc(), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def lock_file(path: Path, wait: bool = True) -> IO[str] | None:
+    """An open handle that holds an exclusive lock on `path` (created if missing) until it is closed or the
+    process ends, however it ends; the holder's process id is written in it. With `wait` false, None when
+    another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def lock_holder(path: Path) -> str:
+    """The process id written in a lock file by its holder ('?' when unreadable)."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or "?"
+    except OSError:
+        return "?"
 
 
 @contextlib.contextmanager

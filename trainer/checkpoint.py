@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 
-from synthmix.files import atomic_folder, disk_full_is_an_error, remove_temporaries, sha256_of
+from synthmix.files import atomic_folder, disk_full_is_an_error, sha256_of
 from synthmix.schema import flatten
 from synthmix.trainer.distributed import on_main_process
 from synthmix.trainer.errors import TrainerError
@@ -169,10 +169,6 @@ class Checkpointer:
     def step(folder: Path | None) -> int | None:
         """The step a checkpoint folder holds (None for no folder)."""
         return None if folder is None else int(json.loads((folder / MANIFEST).read_text())["step"])
-
-    def remove_stale_temporaries(self) -> None:
-        """Delete the temporary folders that a crash left behind while writing a checkpoint."""
-        remove_temporaries(self.root)
 
     # ------------------------------------------------------------ restoring
     def restore(self, folder: Path, parts: list[Part], meta: dict[str, Any], files: dict[str, Path]) -> Restored:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import yaml
+from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -49,10 +50,10 @@ from synthmix.trainer.loss import choose_loss, model_kwargs, per_token_nll
 from synthmix.trainer.model import add_lora, build_model, check_positions, merged_copy, resolve_dtype
 from synthmix.trainer.packing import PackedBatch, pack_rows
 from synthmix.trainer.preemption import Preempted
-from synthmix.trainer.run_log import METRICS, RunLog, ensure_new_run, read_events
+from synthmix.trainer.run_log import METRICS, RunLog, claim_run_folder, read_events
 from synthmix.trainer.run_state import Progress, Run
 from synthmix.trainer.schedule import apply_hyperparameters, lr_factor, rows_per_step, steps_in_epoch
-from synthmix.trainer.sharding import full_value, gradient_sync, shard, sharding_for_launch
+from synthmix.trainer.sharding import Sharding, full_value, gradient_sync, shard, sharding_for_launch
 from synthmix.trainer.weights import OptimizerState, TrainableWeights, WeightsCodec, full_model_state
 
 
@@ -62,9 +63,9 @@ def train(config: RunConfig, resume: str | None = None) -> Path:
     try:
         fit(run)
     except BaseException:
-        run.log.close(warn=False)  # the error on its way out is the message; a failed final flush is not news
+        run.close(warn=False)  # the error on its way out is the message; a failed final flush is not news
         raise
-    run.log.close()
+    run.close()
     return run.output_dir
 
 
@@ -78,7 +79,25 @@ def setup(config: RunConfig, resume: str | None) -> Run:
     accelerator = make_accelerator(config.train.mixed_precision, config.train.report_to, Path(config.output_dir))
     output_dir = Path(config.output_dir)
     checkpointer = Checkpointer(output_dir / "checkpoints", accelerator, config.checkpoint.keep_last)
-    on_main_process(accelerator, lambda: _prepare_output_dir(output_dir, resume, checkpointer))
+    claimed: list[IO[str]] = []  # the main process's lock on the run folder, held until the run is closed
+    on_main_process(accelerator, lambda: claimed.append(claim_run_folder(output_dir, resume, checkpointer.root)))
+    try:
+        return _build(config, resume, accelerator, checkpointer, sharding, claimed[0] if claimed else None)
+    except BaseException:
+        if claimed:
+            claimed[0].close()
+        raise
+
+
+def _build(
+    config: RunConfig,
+    resume: str | None,
+    accelerator: Accelerator,
+    checkpointer: Checkpointer,
+    sharding: Sharding | None,
+    folder_lock: IO[str] | None,
+) -> Run:
+    output_dir = Path(config.output_dir)
     set_seed(config.seed)
     # One process builds the store, the others wait and map it (one per node when the cache is node-local).
     corpora = first_then_others(
@@ -140,6 +159,7 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         loss=loss,
         sharding=sharded,
         attention=attention,
+        folder_lock=folder_lock,
     )
     try:
         # Sharded weights are gathered by every process's forward: then every process runs the hook.
@@ -152,16 +172,9 @@ def setup(config: RunConfig, resume: str | None) -> Run:
             if config.collapse.enabled:
                 evaluate(run)
     except BaseException:
-        run.log.close(warn=False)  # the trackers started with the log: none is left "running" by a failed start
+        run.close(warn=False)  # the trackers started with the log: none is left "running" by a failed start
         raise
     return run
-
-
-def _prepare_output_dir(output_dir: Path, resume: str | None, checkpointer: Checkpointer) -> None:
-    if resume is None:
-        ensure_new_run(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpointer.remove_stale_temporaries()
 
 
 def _log_start(run: Run, reports: list[SourceReport]) -> None:

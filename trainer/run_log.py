@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from synthmix.errors import DiskFullError
-from synthmix.files import disk_full_is_an_error, is_disk_full, write_json
+from synthmix.files import disk_full_is_an_error, is_disk_full, lock_file, lock_holder, remove_temporaries, write_json
 from synthmix.trainer.errors import TrainerError
 
 METRICS = "metrics.jsonl"
@@ -90,7 +89,7 @@ class RunLog:
                 raise TrainerError(f"train.report_to: starting {names} tracker(s) failed: {first}{hints}") from err
             self.locations = {tracker.name: _location(tracker) for tracker in self._accelerator.trackers}
             for name, where in self.locations.items():
-                print(f"{name} tracker: {where}", file=sys.stderr, flush=True)
+                print(f"{name} tracker: {where}", flush=True)
 
     def event(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event; numeric fields of an event with a `step` also go to every tracker."""
@@ -198,13 +197,37 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v) for k, v in flat.items()}
 
 
+RUN_LOCK = ".synthmix.lock"
+"""Locked by the process that trains into the run folder, for as long as it does."""
+
+
+def claim_run_folder(output_dir: Path, resume: str | None, *cleaned: Path) -> IO[str]:
+    """Lock `output_dir` for this run (the returned handle holds the lock until closed; a crash releases it) and,
+    on a fresh start, check that it holds no run; then undo what a crash left half-written there and in
+    `cleaned` (see remove_temporaries). A second process claiming the same folder, at any moment, is refused."""
+    lock = lock_file(output_dir / RUN_LOCK, wait=False)
+    if lock is None:
+        raise TrainerError(
+            f"output_dir {output_dir} is in use by another run (process {lock_holder(output_dir / RUN_LOCK)}); "
+            "wait for it to end, or choose another output_dir"
+        )
+    try:
+        if resume is None:
+            ensure_new_run(output_dir)
+        for folder in (output_dir, *cleaned):
+            remove_temporaries(folder)
+    except BaseException:
+        lock.close()
+        raise
+    return lock
+
+
 def ensure_new_run(output_dir: Path) -> None:
     """A fresh run must not append its events to another run's metrics.jsonl."""
     if (output_dir / METRICS).exists():
-        raise TrainerError(
-            f"output_dir {output_dir} already holds a run; pass --resume latest to continue it, "
-            "or choose another output_dir"
-        )
+        has_checkpoint = any((output_dir / "checkpoints").glob("step-*"))
+        how = "pass --resume latest to continue it" if has_checkpoint else "it has no checkpoint to resume from"
+        raise TrainerError(f"output_dir {output_dir} already holds a run ({how}); choose another output_dir")
 
 
 def run_finished(run_dir: Path) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -82,6 +82,18 @@ class Run:
     """A process received a preemption signal: the run stops after this step (every process agrees)."""
     checkpointed_step: int | None = None
     """The step of the newest checkpoint, so a run that stops between checkpoints writes a final one."""
+    folder_lock: IO[str] | None = None
+    """The main process's lock on the run folder (see run_log.claim_run_folder); None on the other processes."""
+
+    def close(self, warn: bool = True) -> None:
+        """Finish the trackers and release the run folder; `warn` false when an error is already on its way out
+        (see RunLog.close)."""
+        try:
+            self.log.close(warn=warn)
+        finally:
+            if self.folder_lock is not None:
+                self.folder_lock.close()
+                self.folder_lock = None
 
     @property
     def total_steps(self) -> int:

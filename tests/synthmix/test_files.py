@@ -4,12 +4,23 @@ names the path, and what a crash left behind is cleaned up."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
 
+from synthmix import files
 from synthmix.errors import DiskFullError
-from synthmix.files import atomic_file, atomic_folder, is_disk_full, remove_temporaries, write_json, write_text
+from synthmix.files import (
+    atomic_file,
+    atomic_folder,
+    is_disk_full,
+    lock_file,
+    lock_holder,
+    remove_temporaries,
+    write_json,
+    write_text,
+)
 
 
 def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -92,3 +103,71 @@ def test_an_error_raised_while_handling_a_full_disk_is_a_full_disk() -> None:
     except RuntimeError as err:
         assert is_disk_full(err)
     assert not is_disk_full(RuntimeError("unexpected pos 64 vs 0")) and not is_disk_full(None)
+
+
+class _Crash(BaseException):
+    """The process dies here (nothing after this point runs)."""
+
+
+def _old_and_new(tmp_path: Path) -> Path:
+    target = tmp_path / "adapter"
+    with atomic_folder(target) as folder:
+        (folder / "weights").write_text("old")
+    return target
+
+
+def test_a_replaced_folder_is_whole_at_every_instant_and_a_crash_leaves_only_a_copy_to_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old and new folders are exchanged in one rename: a crash right after it finds the new one in place,
+    and the old one under a temporary name that the next start deletes."""
+    target = _old_and_new(tmp_path)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise _Crash
+
+    monkeypatch.setattr(files.shutil, "rmtree", crash)
+    with pytest.raises(_Crash), atomic_folder(target) as folder:
+        (folder / "weights").write_text("new")
+    assert (target / "weights").read_text() == "new"
+    monkeypatch.undo()
+    remove_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"] and (target / "weights").read_text() == "new"
+
+
+def test_without_an_atomic_exchange_a_crash_between_the_two_renames_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the file system cannot exchange, the old folder is moved aside first: a crash before the new one is
+    renamed in leaves the name empty for an instant, and the next start puts the old one back."""
+    target = _old_and_new(tmp_path)
+    renames: list[tuple[object, object]] = []
+    real_replace = os.replace
+
+    def replace_then_crash(src: object, dst: object) -> None:
+        renames.append((src, dst))
+        if len(renames) == 2:  # the new folder's rename into place
+            raise _Crash
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(files.os, "replace", replace_then_crash)
+    with pytest.raises(_Crash), atomic_folder(target) as folder:
+        (folder / "weights").write_text("new")
+    monkeypatch.undo()
+    assert not target.exists()
+    remove_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"] and (target / "weights").read_text() == "old"
+
+
+def test_a_held_lock_is_refused_without_waiting_and_names_its_holder(tmp_path: Path) -> None:
+    held = lock_file(tmp_path / ".lock", wait=False)
+    assert held is not None
+    try:
+        assert lock_file(tmp_path / ".lock", wait=False) is None
+        assert lock_holder(tmp_path / ".lock") == str(os.getpid())
+    finally:
+        held.close()
+    again = lock_file(tmp_path / ".lock", wait=False)
+    assert again is not None
+    again.close()

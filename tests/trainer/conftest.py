@@ -132,7 +132,7 @@ def reference(
     try:
         fit(run)
     finally:
-        run.log.close()
+        run.close()
     return ReferenceRun(path, config, run.output_dir, run, read_events(run.output_dir / METRICS))
 
 

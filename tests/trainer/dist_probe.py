@@ -37,7 +37,7 @@ def main() -> None:
     try:
         fit(run)
     finally:
-        run.log.close()
+        run.close()
     weights = get_peft_model_state_dict(run.accelerator.unwrap_model(run.model))
     save_file(
         {k: full_value(v.detach()).to("cpu", torch.float32).contiguous() for k, v in weights.items()},

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from synthmix.errors import DiskFullError
 from synthmix.trainer.checkpoint import JSON, MANIFEST, TORCH, Checkpointer, Part, RngState, find_checkpoint, verify
 from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.run_log import claim_run_folder
 
 
 class Box:
@@ -159,13 +160,14 @@ def test_keep_last_prunes_the_oldest_by_step_number(accelerator, tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-10", "step-100", "step-11"]
 
 
-def test_stale_temporaries_are_removed(accelerator, tmp_path: Path) -> None:
-    save(accelerator, tmp_path, 3)
-    stale = tmp_path / ".step-6.tmp-123-abcdef12"
+def test_stale_temporaries_are_removed_when_a_run_claims_its_folder(accelerator, tmp_path: Path) -> None:
+    checkpoints = tmp_path / "run" / "checkpoints"
+    save(accelerator, checkpoints, 3)
+    stale = checkpoints / ".step-6.tmp-123-abcdef12"
     stale.mkdir()
     (stale / "optimizer.pt").write_bytes(b"half")
-    Checkpointer(tmp_path, accelerator, keep_last=2).remove_stale_temporaries()
-    assert [p.name for p in tmp_path.iterdir()] == ["step-3"]
+    claim_run_folder(tmp_path / "run", "latest", checkpoints).close()
+    assert [p.name for p in checkpoints.iterdir()] == ["step-3"]
 
 
 @settings(max_examples=25, deadline=None)

@@ -108,7 +108,7 @@ def test_every_writer_of_a_run_names_its_path_and_leaves_nothing_behind(make_con
     with pytest.raises(DiskFullError, match=f"while writing {out / METRICS}"):
         run.log.event("train", step=1, loss=1.0, note="x" * 100_000)
     assert (out / METRICS).read_bytes() == metrics_before
-    run.log.close(warn=False)
+    run.close(warn=False)
     assert not temporaries(out)
 
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from synthmix.cli import main as synthmix
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.encoding import encode_chat
 from synthmix.data_mixers.mixer import Mixer
+from synthmix.files import lock_file
 from synthmix.schema import to_dict
 from synthmix.trainer.checkpoint import find_checkpoint, verify
 from synthmix.trainer.config import RunConfig, load_config
@@ -39,7 +41,7 @@ from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.loop import fit, setup, train
 from synthmix.trainer.model import add_lora, build_model
 from synthmix.trainer.packing import IGNORE, pack_rows
-from synthmix.trainer.run_log import METRICS, RunLog, read_events
+from synthmix.trainer.run_log import METRICS, RUN_LOCK, RunLog, read_events
 
 # peft's PeftModel.from_pretrained reads a property that transformers 5.24 deprecated; nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -47,9 +49,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 REPO = Path(__file__).resolve().parents[2]
 # Settings that make a run that is not about the collapse hook or checkpoints cheaper.
 QUICK = {"collapse": {"enabled": False}, "checkpoint": {"every_steps": None}}
-# Top level of a finished LoRA run folder. report.html and plots/ come from the collapse hook (on by default).
+# Top level of a finished LoRA run folder. report.html and plots/ come from the collapse hook (on by default);
+# .synthmix.lock is what a run holds while it trains into the folder.
 RUN_FOLDER = {
     "adapter", "checkpoints", "config.yaml", "metrics.jsonl", "tensorboard", "tokenizer", "report.html", "plots",
+    ".synthmix.lock",
 }  # fmt: skip
 CHECKPOINT_FOLDER = {
     "adapter", "optimizer.pt", "scheduler.pt", "rng.pt", "mixer.json", "progress.json", "metrics.jsonl",
@@ -353,13 +357,29 @@ def test_resume_trains_with_the_changed_learning_rate(reference, resumed_with_ne
     assert after and after == pytest.approx({step: 2 * lr for step, lr in before.items()}, rel=1e-12)
 
 
-def test_fresh_run_into_a_used_folder_is_an_error_that_suggests_resume(make_config, tmp_path: Path) -> None:
+def test_fresh_run_into_a_used_folder_is_an_error_that_suggests_resume_only_when_it_can(
+    make_config, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / METRICS).write_text('{"event": "config"}\n')
-    with pytest.raises(TrainerError, match=r"already holds a run; pass --resume latest"):
+    with pytest.raises(TrainerError, match=r"already holds a run \(it has no checkpoint to resume from\); choose"):
+        train(run_config(make_config(QUICK), out))
+    (out / "checkpoints" / "step-4").mkdir(parents=True)
+    with pytest.raises(TrainerError, match=r"already holds a run \(pass --resume latest to continue it\); choose"):
         train(run_config(make_config(QUICK), out))
     assert (out / METRICS).read_text() == '{"event": "config"}\n'
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused_naming_it(make_config, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    held = lock_file(out / RUN_LOCK)
+    try:
+        with pytest.raises(TrainerError, match=rf"output_dir {out} is in use by another run \(process {os.getpid()}\)"):
+            train(run_config(make_config(QUICK), out))
+    finally:
+        held.close()
+    assert not (out / METRICS).exists()
 
 
 # ---------------------------------------------------------------------------------------------- a diverging loss
@@ -450,7 +470,7 @@ def test_chats_packed_whole_with_bfd_train_every_reply_with_its_prompt(chat_conf
     try:
         fit(run)
     finally:
-        run.log.close()
+        run.close()
     lengths = {i: len(encode_chat(run.tokenizer, CHATS[i])[0]) for i in range(len(CHATS))}
     chats = [p for p in pieces if p[0] == 1]
     assert chats and all(start == 0 and n == lengths[index] for _, _, _, index, start, n in chats)
@@ -490,12 +510,28 @@ def test_prompt_completion_data_trains_on_the_completions_only(make_config, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
-def test_cli_trains_and_prints_the_run_folder(make_config, tmp_path: Path) -> None:
+def test_cli_trains_and_prints_the_run_folder_and_a_second_start_into_it_is_one_line(
+    make_config, tmp_path: Path
+) -> None:
+    """Two identical commands started at the same moment into one empty output_dir: one trains, the other is
+    refused in one line (the folder is in use, or already holds a run, depending on when it looks)."""
     out = tmp_path / "run"
     args = ["--config", str(make_config(QUICK)), "--output_dir", str(out), "--train.max_steps", "3"]
-    done = subprocess.run(cli_command(*args), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == f"run folder: {out}"
+    started = [
+        subprocess.Popen(
+            cli_command(*args), cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [(process.wait(timeout=300), *process.communicate()) for process in started]
+    (done,) = [r for r in results if r[0] == 0]
+    (refused,) = [r for r in results if r[0] != 0]
+    assert done[1].strip().splitlines()[-1] == f"run folder: {out}"
+    assert refused[0] == 2 and len(refused[2].strip().splitlines()) == 1, refused[2]
+    assert re.fullmatch(
+        rf"error: output_dir {out} (is in use by another run \(process \d+\)|already holds a run \(.*\)); .*",
+        refused[2].strip(),
+    )
     assert [e["step"] for e in train_events(read_events(out / METRICS))] == [1, 2, 3]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 

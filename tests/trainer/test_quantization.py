@@ -32,7 +32,7 @@ def train_then_resume_from_the_middle(config_path: Path, tmp_path: Path) -> tupl
     try:
         fit(run)
     finally:
-        run.log.close()
+        run.close()
     resumed = tmp_path / "resumed"
     shutil.copytree(straight, resumed)
     shutil.rmtree(resumed / "adapter")
@@ -70,7 +70,7 @@ def test_an_8bit_base_trains(make_config, tmp_path: Path) -> None:
     try:
         fit(run)
     finally:
-        run.log.close()
+        run.close()
     assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in run.unwrapped.modules())
     assert (tmp_path / ADAPTER).is_file()
 

@@ -27,7 +27,7 @@ def train_recording(config, resume: str | None = None) -> list[list]:
     try:
         fit(run)
     finally:
-        run.log.close()
+        run.close()
     return pieces
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from synthmix.cli import main
 from synthmix.errors import ConfigError, UserError
 from synthmix.trainer.config import load_config
 from synthmix.trainer.loop import train
@@ -98,7 +97,7 @@ def test_mlflow_with_no_variable_writes_its_default_store_in_the_working_directo
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert "mlflow tracker: run " in done.stderr and f"in {store} (mlflow ui --backend-store-uri" in done.stderr
+    assert "mlflow tracker: run " in done.stdout and f"in {store} (mlflow ui --backend-store-uri" in done.stdout
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     import mlflow
 
@@ -119,16 +118,15 @@ def test_wandb_ran_offline_into_the_run_folder_and_each_resume_continued_its_run
     assert record.stat().st_size > 1000
 
 
-def test_wandb_without_a_login_is_one_line_saying_how_to_log_in_or_run_offline(
-    tmp_path: Path, make_config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    for name in [k for k in os.environ if k.startswith("WANDB_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings: a machine never logged in
-    monkeypatch.chdir(tmp_path)
-    argv = ["train", "--config", str(make_config()), "--output_dir", "run", "--train.report_to", "[wandb]"]
-    assert main(argv) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
+def test_wandb_without_a_login_is_one_line_saying_how_to_log_in_or_run_offline(tmp_path: Path, make_config) -> None:
+    """A fresh process on a machine never logged in to W&B (no variable, no ~/.netrc, no W&B settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)
+    command = [sys.executable, "-m", "synthmix", "train", "--config", str(make_config()), "--output_dir", "run"]
+    command += ["--train.report_to", "[wandb]"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: train.report_to: starting wandb tracker(s) failed: ")
     assert line.endswith("log in with `wandb login` (or set WANDB_API_KEY), or run offline with WANDB_MODE=offline")
 
