@@ -333,12 +333,12 @@ def run_trl(args: argparse.Namespace, output_dir: str, strategy: str) -> dict:
     from synthmix.data_mixers.corpus import build_corpora
     from synthmix.data_mixers.mixer import Mixer
     from synthmix.trainer.attention import choose_attention
-    from synthmix.trainer.config import load_config
+    from synthmix.trainer.config import load_config, run_tokenizer
     from synthmix.trainer.model import build_model, peft_lora_config, resolve_dtype
 
     config = load_config(None, run_overrides(args, output_dir))
     set_seed(config.seed)  # the order of our setup(): seed, corpora, model, so both build the same weights
-    corpora = build_corpora(config.data, config.tokenizer)
+    corpora = build_corpora(config.data, run_tokenizer(config))
     device = torch.device(args.device)
     attention = choose_attention(config.model.attn_implementation, device).kind
     model = build_model(config.model, corpora.tokenizer, resolve_dtype(config.model, args.device == "cuda"), attention)

@@ -117,7 +117,7 @@ class Corpora:
 
 def build_corpora(
     data: DataConfig,
-    tokenizer_config: TokenizerConfig,
+    tokenizer_config: TokenizerConfig | None = None,
     base_dir: Path | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
     progress: bool | None = None,
@@ -129,7 +129,8 @@ def build_corpora(
     `data.filters.verifier.model: base` scores with."""
     if tokenizer is None:
         text = lambda: real_training_texts(data, base_dir)  # noqa: E731  (read only when the cache misses)
-        tokenizer = load_tokenizer(tokenizer_config, text, _training_text_fingerprint(data, base_dir), data.cache_dir)
+        fingerprint = _training_text_fingerprint(data, base_dir)
+        tokenizer = load_tokenizer(tokenizer_config or TokenizerConfig(), text, fingerprint, data.cache_dir)
     set_chat_template(tokenizer, data.chat_template)
     _check_chat_template(data, tokenizer)
     settings = EncodeSettings(data.add_eos, data.assistant_only_loss, data.completion_only_loss)

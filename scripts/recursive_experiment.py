@@ -1,7 +1,7 @@
 """The self-consuming strategies over generations, several seeds: the table and the plot for the README.
 
     python scripts/recursive_experiment.py [--arms replace accumulate ...] [--generations 5] [--seeds 0 1 2]
-                                           [--jobs 2] [--config configs/recursive.yaml] [--out DIR]
+                                           [--jobs 2] [--config configs/demo_recursive.yaml] [--out DIR]
 
 Runs `synthmix recursive` for each arm (a strategy and its settings, see ARMS) and seed, each in its own
 process with one torch thread, `--jobs` at a time (each one resumable: rerun the same command after a crash),
@@ -131,7 +131,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     """Run, tabulate, plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/recursive.yaml")
+    parser.add_argument("--config", default="configs/demo_recursive.yaml")
     parser.add_argument("--generations", type=int, default=5)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), metavar="ARM")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

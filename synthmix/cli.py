@@ -1,6 +1,7 @@
 """`synthmix`: one command for every job, and the one error edge they share.
 
     synthmix train     --config CONFIG [--resume latest|PATH] [--section.key VALUE ...]
+    synthmix sft       --config CONFIG [--resume latest|checkpoint-N] [--section.key VALUE ...]
     synthmix inspect   --config CONFIG [--json] [--dump FILE] [--rows FILE] [--epochs N] [--section.key VALUE ...]
     synthmix report    RUN_DIR [RUN_DIR ...] [--out FILE]
     synthmix recursive --config CONFIG --strategy replace|accumulate|fixed_real|adaptive [--generations G] ...
@@ -136,6 +137,19 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     from synthmix.trainer.loop import train
 
     print(f"run folder: {train(config, resume=args.resume)}")
+
+
+# ---------------------------------------------------------------------------------------------- sft
+def _sft_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_config(parser)
+    parser.add_argument("--resume", help="'latest' (the newest checkpoint-N of output_dir) or a checkpoint-N folder")
+
+
+def _sft(args: argparse.Namespace, overrides: list[str]) -> None:
+    config = _load(args.config, overrides)
+    from synthmix.trainer.integrations.sft import run_sft
+
+    print(f"run folder: {run_sft(config, resume=args.resume)}")
 
 
 # ---------------------------------------------------------------------------------------------- inspect
@@ -383,6 +397,12 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command("fine-tune with LoRA on the configured real/synthetic mix", _train_arguments, _train, True),
+    "sft": Command(
+        "the same run trained by TRL's SFTTrainer: the exact mix as its dataset, the collapse hook as a callback",
+        _sft_arguments,
+        _sft,
+        True,
+    ),
     "inspect": Command(
         "show what training would see: sources, and per epoch the exact mix", _inspect_arguments, _inspect, True
     ),

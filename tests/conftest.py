@@ -3,6 +3,7 @@ No behaviour under test lives here."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -67,3 +68,44 @@ def tiny_model() -> Callable[..., torch.nn.Module]:
         return AutoModelForCausalLM.from_config(config).eval()
 
     return build
+
+
+HUB_MODELS = (
+    "Qwen/Qwen2.5-0.5B-Instruct",
+    "Qwen/Qwen2.5-7B-Instruct",
+    "Qwen/Qwen2.5-32B-Instruct",
+    "Qwen/Qwen2.5-0.5B",
+)
+"""The hub models that the ready configs, the README and the example name."""
+
+
+@pytest.fixture(scope="session")
+def hub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a process that finds every model of HUB_MODELS in its Hugging Face cache, offline: a
+    tiny Qwen2 (widths multiples of 64, as bitsandbytes' 4-bit CPU kernels need) with a ChatML BPE tokenizer,
+    stored where a download would have put it. Commands then run as written, without a network, and reach the
+    same loading code as after a real download."""
+    import os
+    import pydoc_data.topics
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cache = tmp_path_factory.mktemp("hf-cache")
+    model_dir = tmp_path_factory.mktemp("tiny-qwen")
+    tokenizer = train_bpe([t for t in pydoc_data.topics.topics.values() if len(t) > 200][:40], vocab_size=512)
+    config = AutoConfig.for_model(
+        "qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(str(model_dir))
+    commit = "0" * 40
+    for name in HUB_MODELS:
+        repo = cache / f"models--{name.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(commit)
+        (repo / "snapshots").mkdir()
+        shutil.copytree(model_dir, repo / "snapshots" / commit)
+    return {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

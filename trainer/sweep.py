@@ -30,7 +30,7 @@ import numpy as np
 
 from synthmix.errors import ConfigError
 from synthmix.files import write_text
-from synthmix.trainer.config import INDICATOR_DIRECTION, RunConfig, validate
+from synthmix.trainer.config import INDICATOR_DIRECTION, RunConfig, run_tokenizer, validate
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.indicators import relative_change
 from synthmix.trainer.run_log import METRICS, read_events, run_finished
@@ -129,7 +129,7 @@ def plan_runs(sweep: Sweep) -> dict[tuple[float, int], RunConfig]:
     from synthmix.data_mixers.corpus import build_corpora
 
     base = sweep.config
-    corpora = build_corpora(base.data, base.tokenizer, progress=False, base_model=base.model.name)
+    corpora = build_corpora(base.data, run_tokenizer(base), progress=False, base_model=base.model.name)
     if sweep.steps is None:
         sweep.steps = _planned_steps(_with_ratio(base, 0.0), corpora.train, base.train.epochs)
     configs = {}

@@ -9,7 +9,6 @@ Also here: every launch config under configs/accelerate/ parses the way `acceler
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -254,15 +253,15 @@ def test_the_collapse_hook_on_the_main_process_leaves_training_unchanged(probe_r
 
 
 # ---------------------------------------------------------------------------------------------- TRL's SFTTrainer
-SFT = ROOT / "scripts" / "trl_sft.py"
+SFT = ("-m", "synthmix", "sft")  # `synthmix sft` as the launchers start a module
 SFT_EVERY = 4  # collapse evals every 4 steps: each of them also a step where the Trainer logs the loss
 
 
 @pytest.fixture(scope="module")
 def sft_run(tiny_config: Path) -> Path:
-    """scripts/trl_sft.py under torchrun: the stream in TRL's SFTTrainer with the collapse callback."""
+    """`synthmix sft` under torchrun: the stream in TRL's SFTTrainer with the collapse callback."""
     output_dir = tiny_config.parent / "sft"
-    _launch(SFT, "--config", tiny_config, "--output_dir", output_dir, "--train.report_to", "[none]",
+    _launch(*SFT, "--config", tiny_config, "--output_dir", output_dir, "--train.report_to", "[none]",
             *PROBE_OVERRIDES, "--collapse.every_steps", str(SFT_EVERY), "--checkpoint.keep_last", "10")  # fmt: skip
     return output_dir
 
@@ -301,7 +300,7 @@ def test_sft_resumed_under_two_processes_continues_the_stream_to_the_same_adapte
     resumed = tmp_path / "resumed"
     shutil.copytree(sft_run, resumed, ignore=shutil.ignore_patterns("adapter", "checkpoint-[1-9][0-9]*"))
     assert sorted(p.name for p in resumed.glob("checkpoint-*")) == ["checkpoint-5"]
-    _launch(SFT, "--config", sft_run.parent / "tiny.yaml", "--output_dir", resumed, "--resume", "latest",
+    _launch(*SFT, "--config", sft_run.parent / "tiny.yaml", "--output_dir", resumed, "--resume", "latest",
             "--train.report_to", "[none]", *PROBE_OVERRIDES, "--collapse.every_steps", str(SFT_EVERY))  # fmt: skip
     # No row trained twice, none skipped (the epoch's counts: 5 steps from the checkpoint, the rest now), the
     # same dropout: the uninterrupted run's adapter, bit for bit.
@@ -324,7 +323,7 @@ def test_a_stop_rule_stops_every_sft_process_at_the_same_step_under_accelerate_l
     rule = "[{indicator: real_ppl, direction: down, threshold: 0.0001, action: stop}]"
     run = tmp_path / "stopped"
     launch = ["accelerate", "launch", "--multi_gpu", f"--num_processes={WORLD_SIZE}"]
-    _launch(command=[*launch, str(SFT), "--config", str(tiny_config), "--output_dir", str(run),
+    _launch(command=[*launch, *SFT, "--config", str(tiny_config), "--output_dir", str(run),
                      "--train.report_to", "[none]", *PROBE_OVERRIDES, "--collapse.every_steps", "2",
                      "--collapse.rules", rule])  # fmt: skip
     [config] = _events(run, "config")
@@ -524,16 +523,3 @@ def test_accelerate_launch_configs_parse(name: str):
         assert flag in arguments, f"{name}: fsdp_config.{key} is not an accelerate launch setting"
     if name == "fsdp.yaml":
         assert raw["fsdp_config"]["fsdp_version"] == 2 and raw["fsdp_config"]["fsdp_reshard_after_forward"] is True
-
-
-@pytest.mark.parametrize("name", ["qwen2.5-0.5b-lora.yaml", "smollm2-360m-lora.yaml"])
-def test_real_model_configs_load_and_say_how_to_launch(name: str):
-    path = ROOT / "configs" / name
-    header = itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines())
-    assert any(
-        "accelerate launch --config_file configs/accelerate/" in line
-        and line.endswith(f"-m synthmix train --config configs/{name}")
-        for line in header
-    )
-    config = load_config(path)
-    assert config.model.name and config.tokenizer.name == config.model.name

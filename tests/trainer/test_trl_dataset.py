@@ -1,12 +1,11 @@
 """synthmix.data_mixers.torch_dataset: the exact mix as a torch IterableDataset. torchdata's StatefulDataLoader resumes
 it to the row; accelerate's IterableDatasetShard splits its global layout into each rank's mixer share; a real TRL
 SFTTrainer receives the configured ratio per epoch and, resumed from its checkpoint, continues the stream where it
-stopped; scripts/trl_sft.py leaves metrics.jsonl eval events and report.html."""
+stopped; `synthmix sft` leaves metrics.jsonl eval events and report.html."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,10 @@ import datasets
 import pytest
 import torch
 
+from synthmix.cli import main
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.errors import MixerError
 from synthmix.data_mixers.torch_dataset import FILLER_KIND, KindCounter, MixedStream, kind_counts
-from synthmix.errors import UserError
 from synthmix.trainer.config import load_config
 from synthmix.trainer.integrations import attach_stream
 from synthmix.trainer.run_log import METRICS, read_events
@@ -249,13 +248,13 @@ def test_attach_stream_refuses_settings_that_would_break_the_exact_mix(mix, tmp_
         attach_stream(trainer, stream)
 
 
-def test_the_script_trains_sft_with_the_collapse_callback(mix, tmp_path: Path, write_tiny_config) -> None:
-    spec = importlib.util.spec_from_file_location("trl_sft", REPO / "scripts" / "trl_sft.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_synthmix_sft_trains_with_the_collapse_callback(
+    mix, tmp_path: Path, write_tiny_config, capsys: pytest.CaptureFixture[str]
+) -> None:
     config_path = write_tiny_config(tmp_path / "cfg", {"train": {"epochs": 1}})
     out = tmp_path / "sft"
-    script.main(["--config", str(config_path), "--output_dir", str(out), "--train.report_to", "[none]"])
+    sft = ["sft", "--config", str(config_path), "--output_dir", str(out)]
+    assert main([*sft, "--train.report_to", "[none]"]) == 0
     events = read_events(out / METRICS)
     evals = [e for e in events if e["event"] == "eval"]
     epoch_end = stream_of(mix).epoch_end_steps()[1]  # epoch 1 is planned the same whatever train.epochs says
@@ -268,7 +267,8 @@ def test_the_script_trains_sft_with_the_collapse_callback(mix, tmp_path: Path, w
     assert (out / "report.html").is_file() and (out / "adapter" / "adapter_config.json").is_file()
     card = (out / "adapter" / "README.md").read_text()  # synthmix's model card, not peft's
     assert "library_name: peft" in card and "| syn | synthetic |" in card and "Synthetic ratio per epoch" in card
-    with pytest.raises(UserError, match="already holds a run"):
-        script.main(["--config", str(config_path), "--output_dir", str(out)])
-    with pytest.raises(UserError, match="is not a checkpoint-N folder of --output_dir"):
-        script.main(["--config", str(config_path), "--output_dir", str(out), "--resume", str(out / "adapter")])
+    capsys.readouterr()
+    assert main(sft) == 2
+    assert capsys.readouterr().err.startswith(f"error: output_dir {out} already holds a run")
+    assert main([*sft, "--resume", str(out / "adapter")]) == 2
+    assert "is not a checkpoint-N folder of output_dir" in capsys.readouterr().err

@@ -12,6 +12,14 @@ exact mix (`data_mixers.torch_dataset.MixedStream`) as the trainer's dataset, wi
 
 from synthmix.trainer.integrations.checkpoint_files import EVENTS_FILE
 from synthmix.trainer.integrations.collapse_callback import STATE_FILE, CollapseCallback
-from synthmix.trainer.integrations.stream_callback import STREAM_STATE_FILE, StreamCallback, attach_stream
+from synthmix.trainer.integrations.stream_callback import STREAM_STATE_FILE, StreamCallback, attach_stream, mixed_stream
 
-__all__ = ["EVENTS_FILE", "STATE_FILE", "STREAM_STATE_FILE", "CollapseCallback", "StreamCallback", "attach_stream"]
+__all__ = [
+    "EVENTS_FILE",
+    "STATE_FILE",
+    "STREAM_STATE_FILE",
+    "CollapseCallback",
+    "StreamCallback",
+    "attach_stream",
+    "mixed_stream",
+]

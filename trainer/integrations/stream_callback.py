@@ -14,6 +14,8 @@ import torch
 from accelerate import PartialState
 from transformers import DefaultFlowCallback, TrainerCallback
 
+from synthmix.data_mixers.config import DataConfig
+from synthmix.data_mixers.corpus import Corpora
 from synthmix.data_mixers.errors import MixerError
 from synthmix.data_mixers.torch_dataset import KindCounter, MixedStream
 from synthmix.files import write_text
@@ -149,6 +151,18 @@ def _read_state(path: Path, step: int) -> dict[str, Any]:
 def _synthetic_share(counts: np.ndarray, unit: str) -> float | None:
     real, synthetic = counts[:2] if unit == "tokens" else counts[2:]
     return float(synthetic / (real + synthetic)) if real + synthetic else None
+
+
+def mixed_stream(corpora: Corpora, data: DataConfig, args: Any, *, seq_len: int, epochs: int) -> MixedStream:
+    """The exact mix of `corpora`, planned for the launch that `args` (a `TrainingArguments` or TRL `SFTConfig`)
+    trains under: its processes, per-device batch, accumulation and seed; what `attach_stream` expects. Make
+    `args` first: it sets up the launch's processes."""
+    processes, batch = PartialState(), args.per_device_train_batch_size
+    return MixedStream(
+        corpora.train, data, seed=args.seed, epochs=epochs, seq_len=seq_len, pad_id=corpora.tokenizer.pad_token_id,
+        rows_per_step=batch * args.gradient_accumulation_steps, rank=processes.process_index,
+        world_size=processes.num_processes, layout="global" if processes.num_processes > 1 else "rank", block=batch,
+    )  # fmt: skip
 
 
 def attach_stream(trainer: Any, stream: MixedStream) -> None:
