@@ -368,9 +368,18 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------- demo
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from synthmix.configs import packaged  # the configs that ship with synthmix: the demo runs from any folder
+
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/synthmix/demo"), help="stages 1-2 cache")
-    parser.add_argument("--base-config", type=Path, default=Path("configs/demo_base.yaml"), help="stage 1 config")
-    parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="stage 3 config")
+    parser.add_argument(
+        "--base-config",
+        type=Path,
+        default=packaged("demo_base.yaml"),
+        help="stage 1 config (default: synthmix's demo_base.yaml)",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=packaged("demo.yaml"), help="stage 3 config (default: synthmix's demo.yaml)"
+    )
     parser.add_argument("--samples", type=int, default=1200, help="synthetic passages (~110k tokens by default)")
 
 
