@@ -6,7 +6,7 @@ STAMP := $(VENV)/.synthmix-installed
 # The CPU wheel that lies on the developers' and CI's disk; pinning keeps pip from pulling CUDA packages.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench bench-gpu inspect clean
+.PHONY: demo test lint docs bench bench-gpu inspect clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -18,10 +18,14 @@ demo: $(STAMP)
 	$(VENV)/bin/synthmix demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+# The documentation site, into site/ (open site/index.html); --strict: a broken link or anchor is an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) bench/make_corpus.py
@@ -40,4 +44,4 @@ inspect: $(STAMP)
 	$(VENV)/bin/synthmix inspect --config configs/tiny.yaml
 
 clean:
-	rm -rf $(VENV) .cache runs
+	rm -rf $(VENV) .cache runs site

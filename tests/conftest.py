@@ -13,6 +13,16 @@ import torch
 
 from synthmix.data_mixers.tokenizer import train_bpe
 
+REPORTED_VERSIONS = ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "bitsandbytes", "mlflow-skinny")
+
+
+def pytest_report_header() -> str:
+    """The versions the suite runs against, at the top of every run (what docs/development.md records)."""
+    import importlib.metadata
+
+    return "synthmix runs against: " + ", ".join(f"{p} {importlib.metadata.version(p)}" for p in REPORTED_VERSIONS)
+
+
 TINY_LLAMA: dict[str, Any] = {
     "model_type": "llama",
     "hidden_size": 32,
