@@ -218,7 +218,8 @@ def no_space_message(path: Path) -> str:
         room = ""
     return (
         f"no space left on device while writing {path}{room}; free some space there (old run folders, "
-        "checkpoints, .cache/synthmix) and run the same command again (add --resume latest to continue a run)"
+        "checkpoints, .cache/synthmix) and run the same command again (with --resume latest, a run continues from "
+        "its newest checkpoint)"
     )
 
 

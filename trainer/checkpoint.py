@@ -197,7 +197,9 @@ def find_checkpoint(root: Path, which: str) -> Path:
     if which != "latest":
         path = Path(which)
         if not path.is_dir():
-            raise TrainerError(f"--resume {which}: no such checkpoint folder (or pass --resume latest)")
+            steps = sorted(_step_dirs(root), key=_step_of)
+            there = f"the checkpoints in {root} are {', '.join(p.name for p in steps)}" if steps else f"{root} has none"
+            raise TrainerError(f"--resume {which}: no such checkpoint folder ({there})")
         problem = verify(path)
         if problem:
             raise TrainerError(f"--resume {which}: {problem}")

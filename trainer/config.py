@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from synthmix.data_mixers.config import DataConfig, TokenizerConfig, validate_data
 from synthmix.errors import ConfigError
+from synthmix.extras import install_command
 from synthmix.schema import apply_overrides, build, did_you_mean, load_yaml, parse_overrides
 
 # +1: a higher value is healthier (more diverse, closer to real data); -1: a higher value means more
@@ -347,14 +348,9 @@ def validate(config: RunConfig) -> None:
     _validate_trackers(config)
 
 
-TRACKERS: dict[str, tuple[str, str]] = {
-    "tensorboard": ("tensorboard", "tensorboard"),
-    "wandb": ("wandb", "synthmix[wandb]"),
-    "mlflow": ("mlflow", "synthmix[mlflow]"),
-    "trackio": ("trackio", "synthmix[trackio]"),
-    "aim": ("aim", "synthmix[aim]"),
-}
-"""train.report_to names: (the module that must import, what to pip install)."""
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "aim")
+"""train.report_to names, each the module that must import; each but tensorboard (a dependency) is the synthmix
+extra of the same name."""
 
 
 def _validate_trackers(config: RunConfig) -> None:
@@ -368,9 +364,8 @@ def _validate_trackers(config: RunConfig) -> None:
             continue
         if name not in TRACKERS:
             raise ConfigError(f"train.report_to: unknown tracker {name!r}{did_you_mean(name, [*TRACKERS, 'none'])}")
-        module, package = TRACKERS[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"train.report_to: {name} is not installed; pip install '{package}'")
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"train.report_to: {name} is not installed; {install_command(name)}")
 
 
 def _validate_counts(config: RunConfig) -> None:

@@ -362,9 +362,13 @@ def train_step(run: Run) -> dict[str, Any]:
     reduced = accelerator.reduce(torch.cat([sums, stop]), reduction="sum")
     sums, run.preempted = reduced[:-1], bool(reduced[-1] > 0)
     if not torch.isfinite(sums).all():
+        kept = (
+            f"the last good checkpoint is {run.output_dir / 'checkpoints' / f'step-{run.checkpointed_step}'}"
+            if run.checkpointed_step is not None
+            else "no checkpoint was written yet"
+        )
         raise TrainerError(
-            f"the loss is not finite at step {run.progress.step + 1}; stopping with the last "
-            f"good checkpoint in {run.output_dir / 'checkpoints'} (lower train.learning_rate?)"
+            f"the loss is not finite at step {run.progress.step + 1}; stopping ({kept}; lower train.learning_rate?)"
         )
     grad_norm = None
     if train.max_grad_norm is not None:

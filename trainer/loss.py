@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from synthmix.extras import install_command
+
 IGNORE = -100
 _CHUNK_ELEMENTS = 1 << 25  # logits of one chunk: 128 MiB in float32
 
@@ -151,7 +153,7 @@ def _liger_problem(model: Any, device: torch.device) -> str | None:
     try:
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss  # noqa: F401
     except ImportError:
-        return "liger-kernel is not installed (pip install 'synthmix[gpu]')"
+        return f"liger-kernel is not installed ({install_command('gpu')})"
     weight = output_weight(model).detach()
     generator = torch.Generator(device=device).manual_seed(0)
     hidden = torch.randn(256, weight.shape[1], device=device, dtype=weight.dtype, generator=generator)

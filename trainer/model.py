@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from synthmix.extras import install_command
 from synthmix.trainer.config import LoraConfig, ModelConfig, RunConfig
 from synthmix.trainer.errors import TrainerError
 
@@ -149,7 +150,7 @@ def bnb_config(config: ModelConfig, device: torch.device) -> BitsAndBytesConfig 
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise TrainerError("model.quantization.bits needs bitsandbytes: pip install 'synthmix[quantization]'") from None
+        raise TrainerError(f"model.quantization.bits needs bitsandbytes: {install_command('quantization')}") from None
     # Its 8-bit matmul logs a warning on every call where inputs are not float16 (always, on CPU).
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     if quantization.bits == 8:

@@ -57,7 +57,8 @@ class Experiment:
 
 
 def run_experiment(exp: Experiment) -> Path:
-    """Run (or continue) every generation, then write generations.jsonl and the report; returns RUN_DIR."""
+    """Run (or continue) every generation, then write generations.jsonl (`synthmix report RUN_DIR` plots it);
+    returns RUN_DIR."""
     if exp.config.model.name is None:
         raise TrainerError("model.name: the recursive loop starts from a trained base model (a hub name or folder)")
     if exp.strategy == "adaptive" and not (exp.config.collapse.enabled and exp.config.collapse.rules):

@@ -217,8 +217,10 @@ def test_a_named_checkpoint_must_exist_and_be_intact(accelerator, tmp_path: Path
     flip_byte(path / "optimizer.pt", 10)
     with pytest.raises(TrainerError, match=r"step-3: optimizer.pt does not match its checksum"):
         find_checkpoint(tmp_path, str(path))
-    with pytest.raises(TrainerError, match="no such checkpoint folder"):
+    with pytest.raises(TrainerError, match=rf"no such checkpoint folder \(the checkpoints in {tmp_path} are step-3\)"):
         find_checkpoint(tmp_path, str(tmp_path / "step-99"))
+    with pytest.raises(TrainerError, match=r"no such checkpoint folder \(.*empty has none\)"):
+        find_checkpoint(tmp_path / "empty", str(tmp_path / "step-99"))
 
 
 def test_rng_states_round_trip_through_a_weights_only_load(tmp_path: Path) -> None:

@@ -142,7 +142,7 @@ def test_none_logs_to_metrics_jsonl_only(tmp_path: Path, make_config) -> None:
     [
         ("[mlfow]", "train.report_to: unknown tracker 'mlfow' (did you mean 'mlflow'?)"),
         ("[none, tensorboard]", "train.report_to: 'none' means no tracker, so it comes alone"),
-        ("[aim]", "train.report_to: aim is not installed; pip install 'synthmix[aim]'"),
+        ("[aim]", "train.report_to: aim is not installed; pip install 'aim>=3.29'"),
     ],
 )
 def test_bad_tracker_settings_are_one_line_errors(
