@@ -23,12 +23,12 @@ import dataclasses
 import json
 import sys
 import traceback
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from synthmix.errors import ConfigError, Preempted, UserError
+from synthmix.libraries import load_bitsandbytes_only_to_quantize, quiet_libraries
 
 Handler = Callable[[argparse.Namespace, list[str]], None]
 EXIT_USER_ERROR = 2
@@ -63,23 +63,6 @@ def main(argv: list[str] | None = None, prog: str = "synthmix") -> int:
 def _one_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
-
-
-def quiet_libraries() -> None:
-    """What every job (and every process a job starts) prints of the libraries: errors, not their chatter."""
-    import logging
-
-    from transformers.utils import logging as hf_logging
-
-    # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package is missing.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    # MLflow's first use of its default SQLite store logs each table it creates and each migration it applies.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint; ours say what runs
-    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 # ---------------------------------------------------------------------------------------------- the parser
@@ -126,6 +109,11 @@ def _load(path: Path | None, overrides: list[str], data_only: bool = False) -> A
     return load_config(path, overrides, data_only=data_only)
 
 
+def _libraries_for(*configs: Any) -> None:
+    """Before the job imports peft: bitsandbytes only for a job that quantizes."""
+    load_bitsandbytes_only_to_quantize(any(c.model.quantization.bits is not None for c in configs))
+
+
 # ---------------------------------------------------------------------------------------------- train
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config(parser, required=False)
@@ -134,6 +122,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
+    _libraries_for(config)
     from synthmix.trainer.loop import train
 
     print(f"run folder: {train(config, resume=args.resume)}")
@@ -147,6 +136,7 @@ def _sft_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _sft(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
+    _libraries_for(config)
     from synthmix.trainer.integrations.sft import run_sft
 
     print(f"run folder: {run_sft(config, resume=args.resume)}")
@@ -163,6 +153,7 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _inspect(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides, data_only=True)
+    _libraries_for(config)
     from synthmix.data_mixers.inspect import format_report, inspect_mix
 
     epochs = args.epochs if args.epochs is not None else config.train.epochs
@@ -245,6 +236,7 @@ def _recursive_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _recursive(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
+    _libraries_for(config)
     from synthmix.data_mixers.corpus import real_training_texts
     from synthmix.trainer.recursive import SUMMARY, Experiment, run_experiment
 
@@ -308,6 +300,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _sweep(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
+    _libraries_for(config)
     from synthmix.trainer.sweep import Sweep, run_sweep
 
     try:
@@ -349,6 +342,7 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
         if value < 1:
             raise ConfigError(f"{flag}: must be at least 1, got {value}")
     sampling = _sampling(args, seed=args.seed)
+    load_bitsandbytes_only_to_quantize(False)  # sampling loads no quantized model
     from synthmix.data_mixers.config import SourceConfig
     from synthmix.data_mixers.sources import load_source
     from synthmix.trainer.model import load_for_sampling
@@ -386,6 +380,7 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace, overrides: list[str]) -> None:
     base_config = _load(args.base_config, ["--output_dir", str(args.cache_dir / "base-run")])
     config = _load(args.config, overrides)  # the overrides apply to stage 3
+    _libraries_for(base_config, config)
     from synthmix.trainer.demo import run_demo
 
     result = run_demo(base_config, config, args.cache_dir, args.samples)

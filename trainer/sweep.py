@@ -183,7 +183,7 @@ def _epochs_for(config: RunConfig, corpora: list[Any], steps: int) -> int:
 def _one_thread() -> None:
     import torch
 
-    from synthmix.cli import quiet_libraries
+    from synthmix.libraries import quiet_libraries
 
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
@@ -191,6 +191,9 @@ def _one_thread() -> None:
 
 
 def _train_one(config: RunConfig) -> None:
+    from synthmix.libraries import load_bitsandbytes_only_to_quantize
+
+    load_bitsandbytes_only_to_quantize(config.model.quantization.bits is not None)  # a process of its own: before peft
     from synthmix.trainer.loop import train
 
     folder = Path(config.output_dir)

@@ -116,3 +116,54 @@ def test_python_dash_m_trainer_is_an_alias_of_synthmix_train(tmp_path: Path) -> 
 
 def test_the_console_script_is_installed() -> None:
     assert shutil.which("synthmix", path=str(Path(sys.executable).parent))
+
+
+# A CPU with AVX512-BF16, for bitsandbytes: on import it then asks the hub for a kernel, and warns when it cannot.
+AVX512_BF16 = """
+import importlib.abc, importlib.machinery, sys
+
+class _AVX512BF16(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+        def exec_module(module):
+            load(module)
+            module.has_avx512bf16 = lambda: True
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _AVX512BF16())
+"""
+
+
+def test_a_run_that_quantizes_nothing_never_loads_bitsandbytes(tmp_path: Path) -> None:
+    """On a CPU with AVX512-BF16, importing bitsandbytes (which peft does when it is installed) fetches a kernel
+    from the hub and warns; a run without model.quantization loads none of it."""
+    (tmp_path / "sitecustomize.py").write_text(AVX512_BF16)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    noise = subprocess.run([sys.executable, "-c", "import peft"], env=env, capture_output=True, text=True, timeout=120)
+    assert "kernels-community" in noise.stderr  # the machine this test stands in for: peft's import alone is loud
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data: {sources: [{name: docs, kind: real, builtin: python_docs, max_examples: 24}]}\n"
+        "tokenizer: {vocab_size: 300}\n"
+        "model: {arch: {model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,"
+        " num_attention_heads: 2}}\n"
+        "train: {max_steps: 1, seq_len: 64, progress: false, report_to: [none]}\n"
+        "collapse: {enabled: false}\n"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "synthmix",
+        "train",
+        "--config",
+        str(config),
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "kernels-community" not in done.stderr + done.stdout and "bitsandbytes" not in done.stderr
