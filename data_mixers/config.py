@@ -156,7 +156,7 @@ class DataConfig:
     cache_shared: bool = True
     """cache_dir is on a file system every node sees (one process builds); false: one builder per node."""
     verify_cache: Literal["full", "sizes"] = "full"
-    """Check every store file's SHA-256 when mapping it (about 1.7 GB/s here), or only its size."""
+    """Check every store file's SHA-256 when mapping it (reads every byte at each start), or only its size."""
     add_eos: bool = True
     """Append the tokenizer's end-of-sequence token to every plain-text example."""
     assistant_only_loss: bool = False
