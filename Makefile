@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synthmix-installed
 # The CPU wheel that lies on the developers' and CI's disk; pinning keeps pip from pulling CUDA packages.
 TORCH_PIN ?= torch==2.13.0
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint docs bench bench-gpu inspect clean
 
@@ -17,8 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/synthmix demo
 
+# Two workers (this machine's two cores), a test file each at a time, so a file's fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

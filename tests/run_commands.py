@@ -1,6 +1,8 @@
 """Run `synthmix ...` command lines one after another in this one process, through the console script's own
 entry (`synthmix.cli.main`), stopping at the first that fails with its exit code. Tests that set an environment
 once (a Hugging Face cache, a working directory) use it to pay the libraries' import time once, not per command.
+A command that quantizes must come before any that does not (a run without quantization sets bitsandbytes aside
+for the rest of the process: synthmix.libraries).
 
     python tests/run_commands.py "synthmix inspect --config configs/chat-sft.yaml" "synthmix train ..."
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -147,6 +148,11 @@ def bnb_config(config: ModelConfig, device: torch.device) -> BitsAndBytesConfig 
     quantization = config.quantization
     if quantization.bits is None:
         return None
+    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+        raise TrainerError(
+            "model.quantization.bits: an earlier run in this process quantized nothing, so bitsandbytes was set "
+            "aside for the process (synthmix.libraries); start the quantized run in a process of its own"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:

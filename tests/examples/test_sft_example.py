@@ -34,7 +34,7 @@ def test_the_example_adds_the_exact_mix_and_the_collapse_hook_to_a_users_sft_tra
     command = shlex.split(documented_command())
     assert command[:2] == ["python", "examples/sft_with_synthmix.py"]
     # One epoch of shorter rows: the documented run's four micro-batches of 4 x 2048 tokens take 3.5 s each here.
-    command = [sys.executable, str(EXAMPLE), *command[2:], "--epochs", "1", "--seq_len", "512"]
+    command = [sys.executable, str(EXAMPLE), *command[2:], "--epochs", "1", "--seq_len", "256"]
     done = subprocess.run(command, cwd=tmp_path, env=hub_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     run = tmp_path / "runs" / "my-sft"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -191,3 +192,14 @@ def test_lora_with_gradient_checkpointing_trains_the_adapters_without_warnings(t
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     assert grads and all(g is not None for g in grads.values())
     assert all(g.abs().sum() > 0 for name, g in grads.items() if "lora_B" in name)
+
+
+def test_a_quantized_run_after_bitsandbytes_was_set_aside_says_to_use_a_process_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from synthmix.trainer.config import QuantizationConfig
+    from synthmix.trainer.model import bnb_config
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what a run without quantization leaves (libraries)
+    with pytest.raises(TrainerError, match="start the quantized run in a process of its own"):
+        bnb_config(ModelConfig(quantization=QuantizationConfig(bits=4)), torch.device("cpu"))
