@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import sys
@@ -35,7 +34,7 @@ from tqdm.auto import tqdm
 from synthmix.data_mixers.config import SourceConfig
 from synthmix.data_mixers.encoding import EncodeSettings, encode_batch
 from synthmix.data_mixers.sources import SourceStream, example_form, resolve_path
-from synthmix.files import atomic_folder, disk_full_is_an_error, sha256_of
+from synthmix.files import atomic_folder, disk_full_is_an_error, lock_file, sha256_of
 
 STORE_VERSION = 2  # 2: a .txt file is read line by line, up to a line that is not UTF-8
 MANIFEST = "manifest.json"
@@ -117,10 +116,7 @@ def digest_of(described: Any) -> str:
 @contextlib.contextmanager
 def locked(store: Path, key: str) -> Iterator[None]:
     """Hold the lock of entry `key`: a second builder waits here, then finds the entry built."""
-    locks = store / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{key}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed, even if this process dies
+    with contextlib.closing(lock_file(store / ".locks" / f"{key}.lock")):  # a crash releases it too
         yield
 
 
