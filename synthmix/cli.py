@@ -57,7 +57,18 @@ def main(argv: list[str] | None = None, prog: str = "synthmix") -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Destroy the launch's process group (torchrun, accelerate launch) while the interpreter is whole: left to the
+    interpreter's teardown, gloo's worker threads can abort a process that finished its job (SIGABRT, "terminate
+    called without an active exception", seen after a two-process run had printed its run folder)."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def _one_line(err: BaseException) -> str:
