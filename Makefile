@@ -22,8 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
+# ruff, then the layers of pyproject.toml's import-linter contract (scripts/check_layers.py).
 lint: $(STAMP)
-	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) scripts/check_layers.py
 
 # The documentation site, into site/ (open site/index.html); --strict: a broken link or anchor is an error.
 docs: $(STAMP)

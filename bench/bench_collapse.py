@@ -39,12 +39,12 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-import synthmix.trainer.collapse as collapse  # noqa: E402
-import synthmix.trainer.evaluation as evaluation  # noqa: E402
-import synthmix.trainer.indicators as indicators  # noqa: E402
-import synthmix.trainer.loop as loop  # noqa: E402
+import synthmix.trainer.collapse.indicators as indicators  # noqa: E402
+import synthmix.trainer.collapse.monitor as collapse  # noqa: E402
+import synthmix.trainer.runtime.evaluation as evaluation  # noqa: E402
+import synthmix.trainer.runtime.loop as loop  # noqa: E402
 from synthmix.trainer.config import RunConfig, load_config  # noqa: E402
-from synthmix.trainer.run_log import METRICS, read_events  # noqa: E402
+from synthmix.trainer.reporting.events import METRICS, read_events  # noqa: E402
 
 PARTS = ("held_out", "sampling", "indicators", "self_bleu")
 

@@ -66,7 +66,7 @@ def job_build_ours(size: str, cache: Path) -> dict[str, Any]:
 
     from synthmix.data_mixers.corpus import build_corpora
     from synthmix.data_mixers.mixer import Mixer
-    from synthmix.trainer.packing import pack_rows
+    from synthmix.trainer.modeling.packing import pack_rows
 
     config = data_config(size, cache)
     imported = time.perf_counter()
@@ -129,7 +129,7 @@ def job_build_datasets(size: str, cache: Path) -> dict[str, Any]:
 def job_torchrun_rank(size: str, cache: Path) -> dict[str, Any]:
     """One rank of a 2-process launch: build the store as the trainer does (the main process first)."""
     from synthmix.data_mixers.corpus import build_corpora
-    from synthmix.trainer.distributed import make_accelerator
+    from synthmix.trainer.distributed.accelerator import make_accelerator
 
     accelerator = make_accelerator("no")
     config = data_config(size, cache)

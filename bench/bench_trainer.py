@@ -9,7 +9,7 @@ Same model (one config, one seed), same token stream (the mixer's epoch of pytho
 a BPE trained locally), same LoRA (r 8, alpha 16, dropout 0.05, q/k/v/o), same rows x length, same optimizer
 steps. Each trainer runs in its own subprocess so that peak memory does not mix; the parent prints the table.
 
-Our trainer is timed through its public API: `trainer.loop.setup`, then `train_step(run)` called directly (the
+Our trainer is timed through its public API: `synthmix.trainer.setup`, then `train_step(run)` called directly (the
 body of `fit`, without its logging and progress bar). TRL runs `SFTTrainer.train()` in its fastest
 configuration: packing with strategy "wrapped" (fixed rows of `max_length`, plain causal attention over the
 whole row, so documents are not isolated; "bfd", padding-free rows that isolate documents, is much slower on
@@ -302,7 +302,8 @@ def run_ours(args: argparse.Namespace, output_dir: str) -> dict:
     import torch
 
     from synthmix.trainer.config import load_config
-    from synthmix.trainer.loop import setup, train_step
+    from synthmix.trainer.runtime.loop import train_step
+    from synthmix.trainer.runtime.setup import setup
 
     run = setup(load_config(None, run_overrides(args, output_dir)), None)
     run.mixer.set_epoch(1)
@@ -332,9 +333,9 @@ def run_trl(args: argparse.Namespace, output_dir: str, strategy: str) -> dict:
 
     from synthmix.data_mixers.corpus import build_corpora
     from synthmix.data_mixers.mixer import Mixer
-    from synthmix.trainer.attention import choose_attention
     from synthmix.trainer.config import load_config, run_tokenizer
-    from synthmix.trainer.model import build_model, peft_lora_config, resolve_dtype
+    from synthmix.trainer.modeling.attention import choose_attention
+    from synthmix.trainer.modeling.model import build_model, peft_lora_config, resolve_dtype
 
     config = load_config(None, run_overrides(args, output_dir))
     set_seed(config.seed)  # the order of our setup(): seed, corpora, model, so both build the same weights
@@ -566,8 +567,8 @@ def attention_paths(device: str) -> list[str]:
     """The attention implementations that can run on `device`, fastest first (sdpa always)."""
     import torch
 
-    from synthmix.trainer.attention import choose_attention
     from synthmix.trainer.errors import TrainerError
+    from synthmix.trainer.modeling.attention import choose_attention
 
     paths = []
     for kind in ("flash_attention_3", "flash_attention_2", "flex_attention"):
@@ -603,7 +604,7 @@ def correctness(args: argparse.Namespace, attention: str, folder: Path) -> dict:
     differences are reported; on CPU they are 0)."""
     from safetensors.torch import load_file
 
-    from synthmix.trainer.run_log import read_events
+    from synthmix.trainer.reporting.events import read_events
 
     settings = {
         "model.attn_implementation": attention,

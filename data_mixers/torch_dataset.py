@@ -38,11 +38,9 @@ import torch
 from synthmix.data_mixers.config import KINDS, DataConfig
 from synthmix.data_mixers.corpus import Corpus
 from synthmix.data_mixers.errors import MixerError
+from synthmix.data_mixers.labels import FILLER_KIND, IGNORE, KIND_CODES, piece_labels
 from synthmix.data_mixers.mixer import Example, Mixer
 
-IGNORE = -100
-FILLER_KIND = -1
-KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}  # as the trainer's packed batches code them
 TRAINING_KEYS = ("input_ids", "labels", "seq_lengths")
 PROVENANCE_KEYS = ("kinds", "sources", "starts", "row")
 
@@ -240,12 +238,7 @@ class MixedStream(torch.utils.data.IterableDataset):
             provenance = {"kinds": [FILLER_KIND], "sources": [], "starts": [], "row": number}
             return {**row, **provenance} if self.provenance else row
         ids = [p.ids.astype(np.int64) for p in pieces]
-        labels = []
-        for piece, piece_ids in zip(pieces, ids):
-            piece_labels = piece_ids if piece.loss_mask is None else np.where(piece.loss_mask, piece_ids, IGNORE)
-            piece_labels = piece_labels.copy()
-            piece_labels[0] = IGNORE  # nothing before it in the row is its context
-            labels.append(piece_labels)
+        labels = [piece_labels(piece) for piece in pieces]
         row = {"input_ids": np.concatenate(ids).tolist(), "labels": np.concatenate(labels).tolist(),
                "seq_lengths": [len(p) for p in ids]}  # fmt: skip
         if self.provenance:

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from synthmix.trainer.recursive import SUMMARY
+from synthmix.trainer.experiments.recursive import SUMMARY
 
 INDICATORS = ("real_ppl", "real_ppl_p90", "distinct_2", "tail_mass", "vendi_score", "sample_base_ppl_mean")
 PLOTTED = ("real_ppl", "real_ppl_p90", "distinct_2", "tail_mass", "vendi_score", "sample_base_ppl_mean")

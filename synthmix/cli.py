@@ -134,7 +134,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
     _libraries_for(config)
-    from synthmix.trainer.loop import train
+    from synthmix.trainer.runtime.loop import train
 
     print(f"run folder: {train(config, resume=args.resume)}")
 
@@ -187,7 +187,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace, overrides: list[str]) -> None:
-    from synthmix.trainer.report import write_report
+    from synthmix.trainer.reporting.report import write_report
 
     print(write_report(args.run_dirs, args.out))
 
@@ -249,7 +249,7 @@ def _recursive(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
     _libraries_for(config)
     from synthmix.data_mixers.corpus import real_training_texts
-    from synthmix.trainer.recursive import SUMMARY, Experiment, run_experiment
+    from synthmix.trainer.experiments.recursive import SUMMARY, Experiment, run_experiment
 
     if args.generations < 1:
         raise ConfigError(f"--generations: must be at least 1, got {args.generations}")
@@ -278,7 +278,7 @@ def _floats(flag: str, text: str) -> list[float]:
 
 
 def _tolerances(items: list[str]) -> dict[str, float]:
-    from synthmix.trainer.sweep import DEFAULT_TOLERANCES
+    from synthmix.trainer.experiments.sweep import DEFAULT_TOLERANCES
 
     if not items:
         return dict(DEFAULT_TOLERANCES)
@@ -312,7 +312,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def _sweep(args: argparse.Namespace, overrides: list[str]) -> None:
     config = _load(args.config, overrides)
     _libraries_for(config)
-    from synthmix.trainer.sweep import Sweep, run_sweep
+    from synthmix.trainer.experiments.sweep import Sweep, run_sweep
 
     try:
         seeds = [int(part) for part in args.seeds.split(",") if part.strip()]
@@ -356,8 +356,8 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
     load_bitsandbytes_only_to_quantize(False)  # sampling loads no quantized model
     from synthmix.data_mixers.config import SourceConfig
     from synthmix.data_mixers.sources import load_source
-    from synthmix.trainer.model import load_for_sampling
-    from synthmix.trainer.synthetic import generate_corpus
+    from synthmix.trainer.generation.corpus import generate_corpus
+    from synthmix.trainer.modeling.model import load_for_sampling
 
     prompts = load_source(SourceConfig(name="prompts", path=str(args.prompts), text_field=args.text_field))
     model, tokenizer = load_for_sampling(
@@ -392,7 +392,7 @@ def _demo(args: argparse.Namespace, overrides: list[str]) -> None:
     base_config = _load(args.base_config, ["--output_dir", str(args.cache_dir / "base-run")])
     config = _load(args.config, overrides)  # the overrides apply to stage 3
     _libraries_for(base_config, config)
-    from synthmix.trainer.demo import run_demo
+    from synthmix.trainer.experiments.demo import run_demo
 
     result = run_demo(base_config, config, args.cache_dir, args.samples)
     print(f"\ndone in {result.seconds:.0f} s")

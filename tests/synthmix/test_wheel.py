@@ -74,7 +74,7 @@ def test_the_wheel_runs_from_another_folder_beside_coquis_trainer(installed: Pat
     # Where each import name resolves, found and not imported (Coqui's needs packages of its own: coqpit, ...).
     where = (
         "import importlib.util as u, importlib.metadata as m; from synthmix.configs import FOLDER; "
-        "print(u.find_spec('synthmix.trainer.loop').origin, FOLDER, u.find_spec('trainer').origin, "
+        "print(u.find_spec('synthmix.trainer.runtime.loop').origin, FOLDER, u.find_spec('trainer').origin, "
         "m.distribution('trainer').version)"
     )
     ours, configs, theirs, version = run([python, "-c", where], cwd=tmp_path).stdout.split()

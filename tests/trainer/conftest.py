@@ -15,9 +15,10 @@ import yaml
 
 from synthmix.schema import apply_overrides, flatten
 from synthmix.trainer.config import RunConfig, load_config
-from synthmix.trainer.loop import fit, setup, train
-from synthmix.trainer.run_log import METRICS, read_events
-from synthmix.trainer.run_state import Run
+from synthmix.trainer.reporting.events import METRICS, read_events
+from synthmix.trainer.runtime.loop import fit, train
+from synthmix.trainer.runtime.setup import setup
+from synthmix.trainer.runtime.state import Run
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = REPO / "data" / "tiny_synthetic.jsonl"

@@ -2,7 +2,7 @@
 
     torchrun --standalone --nproc_per_node 2 tests/trainer/dist_probe.py --config C --output_dir D [--a.b v ...]
 
-Runs `trainer.loop.setup` and `fit` like `python -m synthmix train`, recording which example pieces the rank's mixer
+Runs `setup` and `fit` like `python -m synthmix train`, recording which example pieces the rank's mixer
 hands to the loop; then every rank (not only the main one) writes its own LoRA weights to D/rank{r}.safetensors
 (made whole when sharded), its pieces, in stream order, to D/rank{r}.json as [epoch, kind, source, index, start,
 length] rows, and what its parameters were during training to D/rank{r}.params.json ({name: [class, local
@@ -21,8 +21,9 @@ from safetensors.torch import save_file
 from torch.distributed.tensor import DTensor
 
 from synthmix.trainer.config import load_config
-from synthmix.trainer.loop import fit, setup
-from synthmix.trainer.sharding import full_value
+from synthmix.trainer.distributed.sharding import full_value
+from synthmix.trainer.runtime.loop import fit
+from synthmix.trainer.runtime.setup import setup
 
 
 def main() -> None:

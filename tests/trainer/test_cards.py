@@ -1,5 +1,5 @@
-"""synthmix.trainer.cards: the model card of saved weights says what the run logged (sources, ratio per epoch, final
-indicators vs the baseline, alerts); a generated corpus gets a data card."""
+"""synthmix.trainer.reporting.cards: the model card of saved weights says what the run logged (sources, ratio per
+epoch, final indicators vs the baseline, alerts); a generated corpus gets a data card."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from synthmix.trainer.cards import CARD, data_card_path, model_card
 from synthmix.trainer.config import SamplingConfig
-from synthmix.trainer.synthetic import generate_corpus
+from synthmix.trainer.generation.corpus import generate_corpus
+from synthmix.trainer.reporting.cards import CARD, data_card_path, model_card
 
 
 def header_and_body(card: str) -> tuple[dict, str]:

@@ -1,4 +1,4 @@
-"""synthmix.trainer.checkpoint: parts written atomically and sealed by a manifest of checksums, pruning, damage
+"""synthmix.trainer.runtime.checkpoint: parts written atomically and sealed by a manifest of checksums, pruning, damage
 detection, compatibility checks before anything is loaded, the config diff, and RNG round trips."""
 
 from __future__ import annotations
@@ -20,9 +20,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from synthmix.errors import DiskFullError
-from synthmix.trainer.checkpoint import JSON, MANIFEST, TORCH, Checkpointer, Part, RngState, find_checkpoint, verify
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.run_log import claim_run_folder
+from synthmix.trainer.runtime.checkpoint import (
+    JSON,
+    MANIFEST,
+    TORCH,
+    Checkpointer,
+    Part,
+    RngState,
+    find_checkpoint,
+    verify,
+)
+from synthmix.trainer.runtime.run_folder import claim_run_folder
 
 
 class Box:

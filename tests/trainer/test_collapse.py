@@ -1,10 +1,7 @@
-"""synthmix.trainer.collapse: the eval hook in real runs (its events, its three actions, resume, no effect on training),
-its alert rules by hand, and the evidence that it sees collapse: a degenerate synthetic corpus at a high ratio
-moves the indicators the way collapse moves them.
-
-The runs are the tiny config of conftest.py (its `reference` run, shared with test_loop.py) with changed
-rules; each is trained once per module and read by several tests.
-"""
+"""synthmix.trainer.collapse.monitor: the eval hook in real runs (its events, its three actions, resume, no effect on
+training), its alert rules by hand, and the evidence that it sees collapse: a degenerate synthetic corpus at a high
+ratio moves the indicators the way collapse moves them. The runs are the tiny config of conftest.py (its `reference`
+run, shared with test_loop.py) with changed rules; each is trained once per module and read by several tests."""
 
 from __future__ import annotations
 
@@ -26,19 +23,20 @@ from safetensors.torch import load_file
 
 from synthmix.errors import ConfigError
 from synthmix.schema import apply_overrides, flatten
-from synthmix.trainer.checkpoint import find_checkpoint, verify
-from synthmix.trainer.collapse import CollapseMonitor
+from synthmix.trainer.collapse.indicators import self_bleu
+from synthmix.trainer.collapse.monitor import CollapseMonitor
 from synthmix.trainer.config import (
     HELD_OUT_INDICATORS,
+    INDICATOR_DIRECTION,
     AlertRule,
     CollapseConfig,
     RunConfig,
     SamplingConfig,
     load_config,
 )
-from synthmix.trainer.indicators import INDICATOR_DIRECTION, self_bleu
-from synthmix.trainer.loop import train
-from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.reporting.events import METRICS, read_events
+from synthmix.trainer.runtime.checkpoint import find_checkpoint, verify
+from synthmix.trainer.runtime.loop import train
 
 EVAL_KEYS = {
     "real_ppl", "distinct_1", "distinct_2", "distinct_3", "unigram_entropy", "self_bleu", "repetition_rate",
@@ -270,8 +268,8 @@ def test_every_steps_evaluates_between_epoch_ends_and_rules_fire_per_eval(refere
 
 
 def test_the_report_plots_per_eval_when_evals_come_between_epoch_ends(every_10) -> None:
-    from synthmix.trainer.plots import eval_axis
-    from synthmix.trainer.run_record import load_run
+    from synthmix.trainer.reporting.plots import eval_axis
+    from synthmix.trainer.reporting.records import load_run
 
     record = load_run(every_10.output_dir)
     assert eval_axis([record]) == "step"
@@ -509,7 +507,7 @@ def test_samples_are_scored_by_the_base_model_with_the_adapter_disabled(tiny_tok
             nll = torch.nn.functional.cross_entropy(logits, torch.tensor(continuation), reduction="sum")
             expected_ppl.append(math.exp(float(nll) / len(continuation)))
             pooled.append(out.hidden_states[-1][0, len(prompt) :].mean(dim=0))
-    from synthmix.trainer.indicators import vendi_score
+    from synthmix.trainer.collapse.indicators import vendi_score
 
     lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.eval()

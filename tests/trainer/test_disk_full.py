@@ -15,9 +15,10 @@ from test_loop import QUICK, assert_same_training, interrupted_cli_run, run_conf
 
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.errors import DiskFullError
-from synthmix.trainer.checkpoint import verify
-from synthmix.trainer.loop import finish, save_checkpoint, setup, train
-from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.reporting.events import METRICS, read_events
+from synthmix.trainer.runtime.checkpoint import verify
+from synthmix.trainer.runtime.loop import finish, save_checkpoint, train
+from synthmix.trainer.runtime.setup import setup
 
 DISK_MIB = 24
 

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sacrebleu.metrics import BLEU
 
-from synthmix.trainer.indicators import (
-    INDICATOR_DIRECTION,
+from synthmix.trainer.collapse.indicators import (
     compression_ratio,
     distinct_n,
     js_divergence,
@@ -29,6 +28,7 @@ from synthmix.trainer.indicators import (
     unigram_entropy,
     vendi_score,
 )
+from synthmix.trainer.config import INDICATOR_DIRECTION
 
 SAMPLE_KEYS = {
     "distinct_1",

@@ -12,7 +12,7 @@ import datasets
 import pytest
 
 from synthmix.trainer.integrations import STATE_FILE, CollapseCallback
-from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.reporting.events import METRICS, read_events
 
 TEXTS = [text[:300] for text in pydoc_data.topics.topics.values() if len(text) > 200]
 HELD_OUT, TRAIN = TEXTS[:4], TEXTS[4:44]

@@ -28,20 +28,23 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import synthmix.trainer.loop as loop
+import synthmix.trainer.runtime.loop as loop
 from synthmix.cli import main as synthmix
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.encoding import encode_chat
+from synthmix.data_mixers.labels import IGNORE
 from synthmix.data_mixers.mixer import Mixer
 from synthmix.files import lock_file
 from synthmix.schema import to_dict
-from synthmix.trainer.checkpoint import find_checkpoint, verify
 from synthmix.trainer.config import RunConfig, load_config
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.loop import fit, setup, train
-from synthmix.trainer.model import add_lora, build_model
-from synthmix.trainer.packing import IGNORE, pack_rows
-from synthmix.trainer.run_log import METRICS, RUN_LOCK, RunLog, read_events
+from synthmix.trainer.modeling.model import add_lora, build_model
+from synthmix.trainer.modeling.packing import pack_rows
+from synthmix.trainer.reporting.events import METRICS, EventLog, read_events
+from synthmix.trainer.runtime.checkpoint import find_checkpoint, verify
+from synthmix.trainer.runtime.loop import fit, train
+from synthmix.trainer.runtime.run_folder import RUN_LOCK
+from synthmix.trainer.runtime.setup import setup
 
 # peft's PeftModel.from_pretrained reads a property that transformers 5.24 deprecated; nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -187,7 +190,7 @@ def test_metrics_jsonl_records_every_step_and_the_exact_ratio(reference) -> None
 
 
 def test_metrics_lines_stay_json_when_a_value_is_not_finite(tmp_path: Path) -> None:
-    log = RunLog(tmp_path, enabled=True)
+    log = EventLog(tmp_path, enabled=True)
     log.event("train", step=1, loss=float("nan"), grad_norm=np.float32("inf"), nested={"x": [float("-inf"), 1.5]})
     log.close()
     (line,) = (tmp_path / METRICS).read_text().splitlines()

@@ -1,5 +1,5 @@
-"""synthmix.trainer.loss: the chunked LM-head loss equals the cross-entropy of the full logits (values and gradients)
-without holding them, per position as the loop needs it; the choice of loss for a model and a device."""
+"""synthmix.trainer.modeling.loss: the chunked LM-head loss equals the cross-entropy of the full logits (values and
+gradients) without holding them, per position as the loop needs it; the choice of loss for a model and a device."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-import synthmix.trainer.loss as loss_module
+import synthmix.trainer.modeling.loss as loss_module
+from synthmix.data_mixers.labels import IGNORE
 from synthmix.data_mixers.mixer import Example
-from synthmix.trainer.loss import IGNORE, ChunkedNLL, LossChoice, choose_loss, model_kwargs, per_token_nll
-from synthmix.trainer.packing import pack_rows
+from synthmix.trainer.modeling.loss import ChunkedNLL, LossChoice, choose_loss, model_kwargs, per_token_nll
+from synthmix.trainer.modeling.packing import pack_rows
 
 
 def reference_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

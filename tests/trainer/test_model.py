@@ -18,9 +18,9 @@ from synthmix.cli import main
 from synthmix.data_mixers.tokenizer import train_bpe
 from synthmix.trainer.config import LoraConfig, ModelConfig, load_config
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.loop import train
-from synthmix.trainer.model import add_lora, build_model, resolve_dtype
-from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.modeling.model import add_lora, build_model, resolve_dtype
+from synthmix.trainer.reporting.events import METRICS, read_events
+from synthmix.trainer.runtime.loop import train
 
 IDS = torch.tensor([[5, 17, 42, 99, 7, 250, 3]])
 
@@ -198,7 +198,7 @@ def test_a_quantized_run_after_bitsandbytes_was_set_aside_says_to_use_a_process_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from synthmix.trainer.config import QuantizationConfig
-    from synthmix.trainer.model import bnb_config
+    from synthmix.trainer.modeling.model import bnb_config
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what a run without quantization leaves (libraries)
     with pytest.raises(TrainerError, match="start the quantized run in a process of its own"):

@@ -9,12 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.utils import is_flash_attn_2_available
 
+from synthmix.data_mixers.labels import FILLER_KIND, IGNORE, KIND_CODES
 from synthmix.data_mixers.mixer import Example
-from synthmix.trainer.attention import AttentionChoice, attention_inputs, choose_attention
 from synthmix.trainer.config import ModelConfig
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.model import build_model
-from synthmix.trainer.packing import IGNORE, KIND_CODES, PAD_KIND, pack_rows
+from synthmix.trainer.modeling.attention import AttentionChoice, attention_inputs, choose_attention
+from synthmix.trainer.modeling.model import build_model
+from synthmix.trainer.modeling.packing import pack_rows
 
 PAD = 1
 
@@ -101,7 +102,7 @@ def test_every_token_gets_its_piece_label_position_segment_and_kind(rows: list[l
         padding = slice(cursor, seq_len)
         assert batch.input_ids[r, padding].tolist() == [PAD] * (seq_len - cursor)
         assert batch.labels[r, padding].tolist() == [IGNORE] * (seq_len - cursor)
-        assert batch.kinds[r, padding].tolist() == [PAD_KIND] * (seq_len - cursor)
+        assert batch.kinds[r, padding].tolist() == [FILLER_KIND] * (seq_len - cursor)
         assert batch.segment_ids[r, padding].tolist() == [0] * (seq_len - cursor)
         assert batch.position_ids[r, padding].tolist() == list(range(seq_len - cursor))
     assert batch.examples_started.tolist() == [started[kind] for kind in KIND_CODES]

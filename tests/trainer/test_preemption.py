@@ -16,10 +16,10 @@ from test_loop import (
     train_events,
 )
 
-from synthmix.trainer.checkpoint import find_checkpoint, verify
-from synthmix.trainer.loop import train
-from synthmix.trainer.preemption import StopSignals
-from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.reporting.events import METRICS, read_events
+from synthmix.trainer.runtime.checkpoint import find_checkpoint, verify
+from synthmix.trainer.runtime.loop import train
+from synthmix.trainer.runtime.preemption import StopSignals
 
 EXIT_PREEMPTED = 75
 

@@ -1,4 +1,4 @@
-"""synthmix.trainer.prompts: fixed prompts drawn by a seeded shuffle, keeping the tokenizer's BOS."""
+"""synthmix.trainer.generation.prompts: fixed prompts drawn by a seeded shuffle, keeping the tokenizer's BOS."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from synthmix.trainer.prompts import prompts_from_texts
-from synthmix.trainer.sampling import GenerationError
+from synthmix.trainer.generation.prompts import prompts_from_texts
+from synthmix.trainer.generation.sampling import GenerationError
 
 TEXTS = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:40]
 

@@ -14,9 +14,10 @@ from test_loop import QUICK, run_config
 
 from synthmix.errors import ConfigError
 from synthmix.trainer.config import LoraConfig, load_config
-from synthmix.trainer.loop import fit, setup, train
-from synthmix.trainer.model import add_lora
-from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.modeling.model import add_lora
+from synthmix.trainer.reporting.events import METRICS, read_events
+from synthmix.trainer.runtime.loop import fit, train
+from synthmix.trainer.runtime.setup import setup
 
 ADAPTER = "adapter/adapter_model.safetensors"
 # bitsandbytes' CPU 4-bit kernel needs every linear layer's input width to be a multiple of its 64-wide blocks

@@ -13,8 +13,8 @@ import yaml
 from synthmix.cli import main as synthmix
 from synthmix.trainer.config import AlertRule, SamplingConfig, load_config
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.recursive import SUMMARY, Experiment, adaptive_share, run_experiment
-from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.experiments.recursive import SUMMARY, Experiment, adaptive_share, run_experiment
+from synthmix.trainer.reporting.events import METRICS, read_events
 
 REPO = Path(__file__).parents[2]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from synthmix.cli import main as synthmix
-from synthmix.trainer.report import COLLAPSE_DIRECTION, write_report
+from synthmix.trainer.reporting.report import COLLAPSE_DIRECTION, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 INDICATORS = list(COLLAPSE_DIRECTION)

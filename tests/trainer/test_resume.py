@@ -13,8 +13,9 @@ from dist_probe import record_pieces
 
 from synthmix.data_mixers import MixerError
 from synthmix.trainer.config import load_config
-from synthmix.trainer.loop import fit, setup
-from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.reporting.events import METRICS, read_events
+from synthmix.trainer.runtime.loop import fit
+from synthmix.trainer.runtime.setup import setup
 
 QUICK = {"collapse": {"enabled": False}, "checkpoint": {"every_steps": None}}
 

@@ -1,4 +1,5 @@
-"""synthmix.trainer.sampling: seeded, batched sampling that leaves the caller's RNG and model modes untouched."""
+"""synthmix.trainer.generation.sampling: seeded, batched sampling that leaves the caller's RNG and model modes
+untouched."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from synthmix.errors import ConfigError
 from synthmix.trainer.config import SamplingConfig, validate_sampling
-from synthmix.trainer.sampling import GenerationError, sample_continuations
+from synthmix.trainer.generation.sampling import GenerationError, sample_continuations
 
 TEXTS = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:40]
 # Wider than the shared tiny Llama, so sampled text varies enough for the seed tests.

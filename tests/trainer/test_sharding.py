@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from synthmix.trainer.distributed.sharding import Sharding, sharding_for_launch
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.model import merged_copy
-from synthmix.trainer.sharding import Sharding, sharding_for_launch
-from synthmix.trainer.weights import full_model_state
+from synthmix.trainer.modeling.model import merged_copy
+from synthmix.trainer.runtime.weights import full_model_state
 
 # What `accelerate launch --config_file configs/accelerate/fsdp.yaml` puts in the environment (the part we read).
 FSDP_LAUNCH = {

@@ -1,5 +1,5 @@
-"""synthmix.trainer.sweep: the verdict on recorded runs (by hand), and a tiny sweep end to end (equal steps, skipping
-finished runs, runs side by side in processes, the files it writes, bad input)."""
+"""synthmix.trainer.experiments.sweep: the verdict on recorded runs (by hand), and a tiny sweep end to end (equal
+steps, skipping finished runs, runs side by side in processes, the files it writes, bad input)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 
 from synthmix.cli import main as synthmix
 from synthmix.errors import ConfigError
-from synthmix.trainer.indicators import relative_change
-from synthmix.trainer.run_log import METRICS, read_events
-from synthmix.trainer.sweep import DEFAULT_TOLERANCES, breaks_tolerance, verdict
+from synthmix.trainer.collapse.indicators import relative_change
+from synthmix.trainer.experiments.sweep import DEFAULT_TOLERANCES, breaks_tolerance, verdict
+from synthmix.trainer.reporting.events import METRICS, read_events
 
 
 def rows(values: dict[float, list[dict[str, float]]]) -> list[dict]:

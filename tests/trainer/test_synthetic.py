@@ -1,4 +1,4 @@
-"""synthmix.trainer.synthetic: a corpus of samples with provenance, written whole or not at all."""
+"""synthmix.trainer.generation.corpus: a corpus of samples with provenance, written whole or not at all."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pydoc_data.topics
 
 import pytest
 
-from synthmix.trainer.cards import data_card_path
 from synthmix.trainer.config import SamplingConfig
-from synthmix.trainer.synthetic import generate_corpus
+from synthmix.trainer.generation.corpus import generate_corpus
+from synthmix.trainer.reporting.cards import data_card_path
 
 TEXTS = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:40]
 SAMPLE = SamplingConfig(max_new_tokens=12, batch_size=5, seed=1)

@@ -16,8 +16,8 @@ import pytest
 
 from synthmix.errors import ConfigError, UserError
 from synthmix.trainer.config import load_config
-from synthmix.trainer.loop import train
-from synthmix.trainer.run_log import METRICS, TRACKER_IDS, read_events
+from synthmix.trainer.reporting.events import METRICS, TRACKER_IDS, read_events
+from synthmix.trainer.runtime.loop import train
 
 RULE = "[{indicator: real_ppl, direction: down, threshold: 0.0001, action: warn}]"
 

@@ -17,10 +17,11 @@ import torch
 from synthmix.cli import main
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.errors import MixerError
-from synthmix.data_mixers.torch_dataset import FILLER_KIND, KindCounter, MixedStream, kind_counts
+from synthmix.data_mixers.labels import FILLER_KIND
+from synthmix.data_mixers.torch_dataset import KindCounter, MixedStream, kind_counts
 from synthmix.trainer.config import load_config
 from synthmix.trainer.integrations import attach_stream
-from synthmix.trainer.run_log import METRICS, read_events
+from synthmix.trainer.reporting.events import METRICS, read_events
 
 REPO = Path(__file__).resolve().parents[2]
 RATIO, BATCH, STEPS_SAVED = 0.3, 4, 10

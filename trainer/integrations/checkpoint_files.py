@@ -10,7 +10,7 @@ from typing import Any
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from synthmix.files import write_text
-from synthmix.trainer.run_log import METRICS, RunLog
+from synthmix.trainer.reporting.events import METRICS, EventLog
 
 EVENTS_FILE = "synthmix_metrics.jsonl"
 """Beside each checkpoint: OUTPUT_DIR/metrics.jsonl as it stood when the checkpoint was written."""
@@ -40,7 +40,7 @@ def restore_events(args: Any, state: Any) -> None:
     setattr(state, RESTORED, state.global_step)  # not a field of TrainerState: never saved with it
     if (folder / EVENTS_FILE).is_file():
         write_text(Path(args.output_dir) / METRICS, (folder / EVENTS_FILE).read_text())
-        RunLog(Path(args.output_dir), enabled=True).event("resume", step=state.global_step, checkpoint=str(folder))
+        EventLog(Path(args.output_dir), enabled=True).event("resume", step=state.global_step, checkpoint=str(folder))
     else:
         warnings.warn(f"{folder / EVENTS_FILE}: missing, so metrics.jsonl keeps what the interrupted run logged "
                       "after this checkpoint", stacklevel=3)  # fmt: skip

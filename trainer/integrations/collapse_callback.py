@@ -25,13 +25,13 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from synthmix.errors import UserError
 from synthmix.files import write_text
 from synthmix.schema import build
-from synthmix.trainer.collapse import CollapseMonitor
+from synthmix.trainer.collapse.monitor import CollapseMonitor
+from synthmix.trainer.collapse.recording import record_eval
 from synthmix.trainer.config import CollapseConfig, validate_collapse
-from synthmix.trainer.distributed import on_main_process
+from synthmix.trainer.distributed.accelerator import on_main_process
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.evaluation import record_eval
 from synthmix.trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
-from synthmix.trainer.run_log import RunLog
+from synthmix.trainer.reporting.events import EventLog
 
 STATE_FILE = "synthmix_collapse.json"
 """Beside each checkpoint of the trainer: the monitor's baseline and reference, for a resumed run."""
@@ -62,7 +62,7 @@ class CollapseCallback(TrainerCallback):
         self.epoch_of: Callable[[int], int] | None = None
         """The epoch a step belongs to, when a `StreamCallback` knows better than the Trainer (for which the
         whole stream is one epoch); otherwise the Trainer's fractional epoch is logged."""
-        self._log: RunLog | None = None
+        self._log: EventLog | None = None
         self._evaluated_step: int | None = None
         self._saved_step: int | None = None
         """The step this run last checkpointed (an eval at that step after the save updates its events copy)."""
@@ -107,7 +107,7 @@ class CollapseCallback(TrainerCallback):
                 "CollapseCallback measures on the main process only, and sharded weights (FSDP, DeepSpeed) need "
                 "every process in each forward: train unsharded, or with `synthmix train` (which shards with FSDP2)"
             )
-        self._log = RunLog(Path(args.output_dir), enabled=state.is_world_process_zero)
+        self._log = EventLog(Path(args.output_dir), enabled=state.is_world_process_zero)
         if state.global_step > 0:
             on_main_process(PartialState(), lambda: self._restore(args, state))
         # The main process decides (only it reads the checkpoint), so every process takes part in the same evals.
@@ -164,7 +164,7 @@ class CollapseCallback(TrainerCallback):
         if self._saved_step == step:  # the Trainer saved this step before its epoch or train end evaluated it
             save_events(args, state)
         if self.config.report:
-            from synthmix.trainer.report import write_report
+            from synthmix.trainer.reporting.report import write_report
 
             write_report([Path(args.output_dir)])
         return measured

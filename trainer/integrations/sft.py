@@ -29,14 +29,15 @@ from synthmix.data_mixers.corpus import Corpora, build_corpora
 from synthmix.errors import ConfigError
 from synthmix.files import write_text
 from synthmix.schema import to_dict
-from synthmix.trainer.attention import choose_attention
-from synthmix.trainer.cards import CARD, model_card
 from synthmix.trainer.config import RunConfig, run_tokenizer
-from synthmix.trainer.distributed import first_then_others, on_main_process, several_cpu_processes
+from synthmix.trainer.distributed.accelerator import first_then_others, on_main_process, several_cpu_processes
 from synthmix.trainer.integrations.collapse_callback import CollapseCallback
 from synthmix.trainer.integrations.stream_callback import attach_stream, mixed_stream
-from synthmix.trainer.model import add_lora, build_model, resolve_dtype
-from synthmix.trainer.run_log import METRICS, RunLog, claim_run_folder, read_events
+from synthmix.trainer.modeling.attention import choose_attention
+from synthmix.trainer.modeling.model import add_lora, build_model, resolve_dtype
+from synthmix.trainer.reporting.cards import CARD, model_card
+from synthmix.trainer.reporting.events import METRICS, EventLog, read_events
+from synthmix.trainer.runtime.run_folder import claim_run_folder
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -125,7 +126,7 @@ def run_sft(config: RunConfig, resume: str | None = None) -> Path:
     on_main_process(processes, lambda: claimed.append(claim_run_folder(output, resume)))
     try:
         trainer, corpora = build(config)
-        log = RunLog(output, enabled=trainer.is_world_process_zero())
+        log = EventLog(output, enabled=trainer.is_world_process_zero())
         if resume_from is None:
             log.event("config", config=to_dict(config), sources=[vars(r) for r in corpora.reports],
                       world_size=trainer.accelerator.num_processes, trainer="trl.SFTTrainer")  # fmt: skip

@@ -19,10 +19,10 @@ from synthmix.data_mixers.corpus import Corpora
 from synthmix.data_mixers.errors import MixerError
 from synthmix.data_mixers.torch_dataset import KindCounter, MixedStream
 from synthmix.files import write_text
-from synthmix.trainer.distributed import on_main_process
+from synthmix.trainer.distributed.accelerator import on_main_process
 from synthmix.trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
 from synthmix.trainer.integrations.collapse_callback import CollapseCallback
-from synthmix.trainer.run_log import RunLog
+from synthmix.trainer.reporting.events import EventLog
 
 STREAM_STATE_FILE = "synthmix_stream.json"
 """Beside each `Trainer` checkpoint: the stream's state at that checkpoint's step, and the epoch's counts so far."""
@@ -48,12 +48,12 @@ class StreamCallback(TrainerCallback):
         """The stream's steps as `attach_stream` planned them (the Trainer's `max_steps`, unless smaller)."""
         self._carried = np.zeros(len(COUNT_NAMES), np.int64)
         """The epoch's counts over every process before this run resumed (from the checkpoint)."""
-        self._log: RunLog | None = None
+        self._log: EventLog | None = None
         self._rng_from: str | None = None
 
     # ------------------------------------------------------------------------------------------ resume
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self._log = RunLog(Path(args.output_dir), enabled=state.is_world_process_zero)
+        self._log = EventLog(Path(args.output_dir), enabled=state.is_world_process_zero)
         if state.global_step > 0:
             self._resume(args, state)
         for callback in self._collapse_callbacks():

@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from synthmix.trainer.sampling import GenerationError
+from synthmix.trainer.generation.sampling import GenerationError
 
 
 def prompts_from_texts(tokenizer: Any, texts: list[str], n: int, prompt_tokens: int, seed: int) -> list[list[int]]:

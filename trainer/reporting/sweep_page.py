@@ -10,9 +10,9 @@ from typing import Any
 
 from synthmix.files import write_text
 from synthmix.trainer.config import INDICATOR_DIRECTION
-from synthmix.trainer.plots import PALETTE, sweep_overlay_plot, sweep_ratio_plot
-from synthmix.trainer.report import COLLAPSE_SENTENCES, CSS, _card, _fmt
-from synthmix.trainer.run_record import load_run, num
+from synthmix.trainer.reporting.plots import PALETTE, sweep_overlay_plot, sweep_ratio_plot
+from synthmix.trainer.reporting.records import load_run, num
+from synthmix.trainer.reporting.report import COLLAPSE_SENTENCES, CSS, _card, _fmt
 
 PAGE_FILE = "sweep.html"
 

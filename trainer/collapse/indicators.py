@@ -18,8 +18,6 @@ import torch
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
-from synthmix.trainer.config import INDICATOR_DIRECTION  # noqa: F401  (re-exported: the indicators this module computes)
-
 _BLEU_ORDER = 4
 
 

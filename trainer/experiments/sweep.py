@@ -30,10 +30,10 @@ import numpy as np
 
 from synthmix.errors import ConfigError
 from synthmix.files import write_text
+from synthmix.trainer.collapse.indicators import relative_change
 from synthmix.trainer.config import INDICATOR_DIRECTION, RunConfig, run_tokenizer, validate
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.indicators import relative_change
-from synthmix.trainer.run_log import METRICS, read_events, run_finished
+from synthmix.trainer.reporting.events import METRICS, read_events, run_finished
 
 SWEEP_FILE = "sweep.jsonl"
 VERDICT_FILE = "verdict.json"
@@ -116,7 +116,7 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
     write_text(sweep.run_dir / SWEEP_FILE, "".join(json.dumps(row) + "\n" for row in rows))
     result = {**verdict(rows, sweep.tolerances), "steps": sweep.steps, "seeds": sweep.seeds, "ratios": sweep.ratios}
     write_text(sweep.run_dir / VERDICT_FILE, json.dumps(result, indent=2) + "\n")
-    from synthmix.trainer.sweep_report import write_sweep_page
+    from synthmix.trainer.reporting.sweep_page import write_sweep_page
 
     write_sweep_page(sweep.run_dir, rows, result, [Path(c.output_dir) for c in configs.values()])
     return result
@@ -159,7 +159,7 @@ def _with_ratio(config: RunConfig, ratio: float) -> RunConfig:
 
 def _planned_steps(config: RunConfig, corpora: list[Any], epochs: int) -> int:
     from synthmix.data_mixers.mixer import Mixer
-    from synthmix.trainer.schedule import steps_in_epoch
+    from synthmix.trainer.runtime.schedule import steps_in_epoch
 
     mixer = Mixer(corpora, config.data, config.seed, epochs, seq_len=config.train.seq_len)
     planned = sum(steps_in_epoch(mixer, e, config) for e in range(1, epochs + 1))
@@ -169,7 +169,7 @@ def _planned_steps(config: RunConfig, corpora: list[Any], epochs: int) -> int:
 def _epochs_for(config: RunConfig, corpora: list[Any], steps: int) -> int:
     """The fewest epochs whose planned steps reach `steps` at this ratio (max_steps then stops the run there)."""
     from synthmix.data_mixers.mixer import Mixer
-    from synthmix.trainer.schedule import steps_in_epoch
+    from synthmix.trainer.runtime.schedule import steps_in_epoch
 
     per_epoch = steps_in_epoch(Mixer(corpora, config.data, config.seed, 1, seq_len=config.train.seq_len), 1, config)
     epochs = math.ceil(steps / per_epoch)
@@ -194,7 +194,7 @@ def _train_one(config: RunConfig) -> None:
     from synthmix.libraries import load_bitsandbytes_only_to_quantize
 
     load_bitsandbytes_only_to_quantize(config.model.quantization.bits is not None)  # a process of its own: before peft
-    from synthmix.trainer.loop import train
+    from synthmix.trainer.runtime.loop import train
 
     folder = Path(config.output_dir)
     train(config, resume="latest" if (folder / "checkpoints").is_dir() else None)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.packing import PackedBatch
+from synthmix.trainer.modeling.packing import PackedBatch
 
 VARLEN = ("flash_attention_3", "flash_attention_2")
 

@@ -1,15 +1,21 @@
-"""The plan of steps and the learning rate: how many optimizer steps an epoch takes, and the factor on the peak
-learning rate at each step (warm-up, then decay to 0 at the last planned step)."""
+"""The plan of steps and the learning rate: how many optimizer steps an epoch takes (planned again after a resume
+or a lower ratio), and the factor on the peak learning rate at each step (warm-up, then decay to 0 at the last
+planned step)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from synthmix.data_mixers.mixer import Mixer
 from synthmix.trainer.config import RunConfig, TrainConfig
+from synthmix.trainer.distributed.accelerator import max_over_ranks
+
+if TYPE_CHECKING:
+    from synthmix.trainer.runtime.state import Run
 
 
 def rows_per_step(config: RunConfig) -> int:
@@ -50,3 +56,17 @@ def apply_hyperparameters(
         group["lr"] = train.learning_rate * factor(scheduler.last_epoch)
         group["weight_decay"] = train.weight_decay
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def replan_steps(run: Run) -> None:
+    """Steps of the epoch under way and of those to come, after a resume or a change of the ratio scale.
+
+    The epoch under way ends when every rank has taken its whole share, however the batch settings changed
+    since it started: its remaining steps are counted from the largest rank's remaining rows.
+    """
+    progress, config = run.progress, run.config
+    for epoch in range(progress.epoch, config.train.epochs + 1):
+        progress.steps_per_epoch[epoch - 1] = steps_in_epoch(run.mixer, epoch, config)
+    if progress.step_in_epoch > 0 and progress.epoch <= config.train.epochs:
+        left = math.ceil(max_over_ranks(run.accelerator, run.mixer.rows_left()) / rows_per_step(config))
+        progress.steps_per_epoch[progress.epoch - 1] = progress.step_in_epoch + left

@@ -33,10 +33,10 @@ from synthmix.data_mixers.corpus import real_training_texts
 from synthmix.files import write_text
 from synthmix.trainer.config import RunConfig, run_tokenizer
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.loop import train
-from synthmix.trainer.run_log import METRICS, read_events, run_finished
-from synthmix.trainer.sampling import SamplingConfig
-from synthmix.trainer.synthetic import generate_corpus
+from synthmix.trainer.generation.corpus import generate_corpus
+from synthmix.trainer.generation.sampling import SamplingConfig
+from synthmix.trainer.reporting.events import METRICS, read_events, run_finished
+from synthmix.trainer.runtime.loop import train
 
 STRATEGIES = ("replace", "accumulate", "fixed_real", "adaptive")
 SUMMARY = "generations.jsonl"

@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from synthmix.files import write_text
-from synthmix.trainer.indicators import INDICATOR_DIRECTION
-from synthmix.trainer.plots import ALERT_RED, PALETTE, generation_plot, indicator_plot, loss_plots, ratio_plot
-from synthmix.trainer.run_record import ReportError, RunRecord, indicator_names, load_run, num
+from synthmix.trainer.config import INDICATOR_DIRECTION
+from synthmix.trainer.reporting.plots import ALERT_RED, PALETTE, generation_plot, indicator_plot, loss_plots, ratio_plot
+from synthmix.trainer.reporting.records import ReportError, RunRecord, indicator_names, load_run, num
 
 # The sentence under each indicator's plot.
 COLLAPSE_SENTENCES: dict[str, str] = {

@@ -25,8 +25,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from synthmix.files import disk_full_is_an_error
+from synthmix.trainer.distributed.sharding import is_sharded
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.sharding import is_sharded
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
+from synthmix.data_mixers.labels import IGNORE
 from synthmix.extras import install_command
 
-IGNORE = -100
 _CHUNK_ELEMENTS = 1 << 25  # logits of one chunk: 128 MiB in float32
 
 

@@ -14,8 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from synthmix.trainer.config import SamplingConfig
+from synthmix.trainer.distributed.sharding import is_sharded
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.sharding import is_sharded
 
 
 class GenerationError(TrainerError):

@@ -37,7 +37,7 @@ from accelerate.utils import gather_object
 
 from synthmix.files import atomic_folder, disk_full_is_an_error, sha256_of
 from synthmix.schema import flatten
-from synthmix.trainer.distributed import on_main_process
+from synthmix.trainer.distributed.accelerator import on_main_process
 from synthmix.trainer.errors import TrainerError
 
 MANIFEST = "manifest.json"
@@ -119,10 +119,15 @@ class Restored:
 class Checkpointer:
     """Writes, verifies, chooses and restores the checkpoints of one run folder."""
 
-    def __init__(self, root: Path, accelerator: Any, keep_last: int) -> None:
+    def __init__(self, root: Path, accelerator: Any, keep_last: int, every_steps: int | None = None) -> None:
         self.root = root
         self.accelerator = accelerator
         self.keep_last = keep_last
+        self.every_steps = every_steps
+
+    def due(self, step: int) -> bool:
+        """Whether `checkpoint.every_steps` asks for a checkpoint at `step` (epoch ends write one regardless)."""
+        return bool(self.every_steps) and step % self.every_steps == 0
 
     # ------------------------------------------------------------ saving
     def save(self, step: int, parts: list[Part], meta: dict[str, Any], files: dict[str, Path]) -> Path:

@@ -6,19 +6,13 @@ last step; `apply_actions` turns the alerts into a stop or a lower ratio for the
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import time
 from typing import Any
 
-import torch
 from accelerate.utils import broadcast_object_list
 
-from synthmix.trainer.collapse import CollapseMonitor
-from synthmix.trainer.distributed import max_over_ranks
-from synthmix.trainer.run_log import RunLog
-from synthmix.trainer.run_state import Run
-from synthmix.trainer.schedule import rows_per_step, steps_in_epoch
+from synthmix.trainer.collapse.recording import record_eval
+from synthmix.trainer.runtime.schedule import replan_steps
+from synthmix.trainer.runtime.state import Run
 
 
 def eval_due(run: Run) -> bool:
@@ -60,31 +54,6 @@ def evaluate(run: Run, ratio_so_far: float | None = None) -> list[dict[str, Any]
     return broadcast_object_list([alerts])[0]
 
 
-def record_eval(
-    monitor: CollapseMonitor, log: RunLog, model: torch.nn.Module, step: int, epoch: float, **fields: Any
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Measure the indicators and log them, as every synthmix eval does (the loop's and `CollapseCallback`'s):
-    the first measurement is the baseline (with the real text's `reference` event), later ones go through the
-    alert rules; one `eval` event (with `fields`), then an `alert` event per alert, printed where the log
-    writes. Returns the values and the alerts."""
-    started = time.perf_counter()
-    values = monitor.measure(model)
-    alerts: list[dict[str, Any]] = []
-    if monitor.baseline is None:
-        monitor.baseline = values
-        log.event("reference", step=0, **monitor.reference)
-    else:
-        alerts = monitor.alerts(values, step, epoch)
-    sampling = dataclasses.asdict(monitor.config.sampling)
-    seconds = round(time.perf_counter() - started, 3)
-    log.event("eval", step=step, epoch=epoch, **values, **fields, sampling=sampling, seconds=seconds)
-    for alert in alerts:
-        log.event("alert", **alert)
-        if log.enabled:
-            print(f"collapse alert: {alert['message']}", flush=True)
-    return values, alerts
-
-
 def apply_actions(run: Run, alerts: list[dict[str, Any]]) -> None:
     """`stop` ends the run after this eval (and a checkpoint); `reduce_ratio` lowers the ratio of later epochs."""
     actions = {alert["action"] for alert in alerts}
@@ -103,20 +72,6 @@ def apply_actions(run: Run, alerts: list[dict[str, Any]]) -> None:
 
 
 def write_run_report(run: Run) -> None:
-    from synthmix.trainer.report import write_report
+    from synthmix.trainer.reporting.report import write_report
 
     write_report([run.output_dir])
-
-
-def replan_steps(run: Run) -> None:
-    """Steps of the epoch under way and of those to come, after a resume or a change of the ratio scale.
-
-    The epoch under way ends when every rank has taken its whole share, however the batch settings changed
-    since it started: its remaining steps are counted from the largest rank's remaining rows.
-    """
-    progress, config = run.progress, run.config
-    for epoch in range(progress.epoch, config.train.epochs + 1):
-        progress.steps_per_epoch[epoch - 1] = steps_in_epoch(run.mixer, epoch, config)
-    if progress.step_in_epoch > 0 and progress.epoch <= config.train.epochs:
-        left = math.ceil(max_over_ranks(run.accelerator, run.mixer.rows_left()) / rows_per_step(config))
-        progress.steps_per_epoch[progress.epoch - 1] = progress.step_in_epoch + left

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from synthmix.files import atomic_file, write_text
-from synthmix.trainer.cards import data_card, data_card_path
-from synthmix.trainer.prompts import choose_prompts
-from synthmix.trainer.sampling import SamplingConfig, sample_continuations
+from synthmix.trainer.generation.prompts import choose_prompts
+from synthmix.trainer.generation.sampling import SamplingConfig, sample_continuations
+from synthmix.trainer.reporting.cards import data_card, data_card_path
 
 
 def generate_corpus(

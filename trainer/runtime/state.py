@@ -1,5 +1,5 @@
-"""What one training run holds (`Run`) and where it stands (`Progress`): built by `loop.setup`, driven by
-`loop.fit`, read by the eval hook's scheduling in `evaluation`."""
+"""What one training run holds in memory (`Run`, with the list of what its checkpoints hold) and where it stands
+(`Progress`): built by `setup`, driven by `loop.fit`, read by the eval hook's scheduling in `evaluation`."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ from accelerate import Accelerator
 
 from synthmix.data_mixers.config import KINDS
 from synthmix.data_mixers.mixer import Mixer
-from synthmix.trainer.attention import AttentionChoice
-from synthmix.trainer.checkpoint import Checkpointer
-from synthmix.trainer.collapse import CollapseMonitor
+from synthmix.schema import to_dict
+from synthmix.trainer.collapse.monitor import CollapseMonitor
 from synthmix.trainer.config import RunConfig
-from synthmix.trainer.loss import LossChoice
-from synthmix.trainer.preemption import StopSignals
-from synthmix.trainer.run_log import RunLog
+from synthmix.trainer.modeling.attention import AttentionChoice
+from synthmix.trainer.modeling.loss import LossChoice
+from synthmix.trainer.reporting.events import EventLog
+from synthmix.trainer.runtime.checkpoint import JSON, Checkpointer, Part, RngState
+from synthmix.trainer.runtime.preemption import StopSignals
+from synthmix.trainer.runtime.weights import OptimizerState, TrainableWeights, WeightsCodec
 
 
 @dataclasses.dataclass
@@ -42,6 +44,27 @@ class Progress:
         """Optimizer steps of the whole run as planned now, capped by `train.max_steps`."""
         planned = sum(self.steps_per_epoch)
         return min(planned, max_steps) if max_steps is not None else planned
+
+    def epoch_complete(self) -> bool:
+        """Every step of the epoch under way has run (its end, the eval and the checkpoint, has not yet)."""
+        return self.epoch <= len(self.steps_per_epoch) and self.step_in_epoch >= self.steps_per_epoch[self.epoch - 1]
+
+    def record_step(self, stats: dict[str, Any], capacity: int) -> None:
+        """Count one optimizer step: its tokens and examples by kind, and the `capacity` token slots it filled."""
+        self.step += 1
+        self.step_in_epoch += 1
+        for kind in KINDS:
+            self.epoch_tokens[kind] += stats[f"tokens_{kind}"]
+            self.epoch_examples[kind] += stats[f"examples_{kind}"]
+        self.epoch_capacity += capacity
+
+    def next_epoch(self) -> None:
+        """Start the next epoch's counters."""
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_tokens = dict.fromkeys(KINDS, 0)
+        self.epoch_examples = dict.fromkeys(KINDS, 0)
+        self.epoch_capacity = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data for progress.json."""
@@ -67,7 +90,7 @@ class Run:
     tokenizer: Any
     held_out: list[np.ndarray]
     """Token ids of the held-out real examples (what the collapse hook scores)."""
-    log: RunLog
+    log: EventLog
     checkpointer: Checkpointer
     compute_dtype: torch.dtype
     progress: Progress
@@ -87,7 +110,7 @@ class Run:
 
     def close(self, warn: bool = True) -> None:
         """Finish the trackers and release the run folder; `warn` false when an error is already on its way out
-        (see RunLog.close)."""
+        (see EventLog.close)."""
         try:
             self.log.close(warn=warn)
         finally:
@@ -99,6 +122,35 @@ class Run:
     def total_steps(self) -> int:
         """Optimizer steps of the whole run, as planned now (the learning-rate schedule's horizon)."""
         return self.progress.total_steps(self.config.train.max_steps)
+
+    def more_steps(self) -> bool:
+        """Whether a step is left: an epoch to train, under the step budget."""
+        return self.progress.epoch <= self.config.train.epochs and self.progress.step < self.total_steps
+
+    def checkpoint_parts(self) -> list[Part]:
+        """What a checkpoint holds, in the order it is restored."""
+        weights = TrainableWeights(self.unwrapped)
+        parts = [
+            Part("weights", weights, codec=WeightsCodec(weights), collective=True),
+            Part("optimizer", OptimizerState(self.unwrapped, self.optimizer), collective=True),
+            Part("scheduler", self.scheduler),
+            Part("rng", RngState(), per_rank=True),
+            Part("mixer", self.mixer, codec=JSON, per_rank=True),
+            Part("progress", self.progress, codec=JSON),
+        ]
+        if self.accelerator.scaler is not None:
+            parts.append(Part("scaler", self.accelerator.scaler))
+        if self.monitor is not None:
+            parts.append(Part("collapse", self.monitor, codec=JSON))
+        return parts
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What a checkpoint's manifest says of the run: a resume must fit the world size and the data."""
+        return {
+            "world_size": self.accelerator.num_processes,
+            "data_fingerprint": self.mixer.fingerprint(),
+            "config": to_dict(self.config),
+        }
 
     @property
     def unwrapped(self) -> torch.nn.Module:

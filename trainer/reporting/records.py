@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from synthmix.trainer.config import INDICATOR_DIRECTION
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.indicators import INDICATOR_DIRECTION
-from synthmix.trainer.run_log import read_events
+from synthmix.trainer.reporting.events import read_events
 
 NOT_INDICATORS = {
     "event",

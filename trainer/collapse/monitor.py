@@ -20,9 +20,7 @@ import torch
 from peft import PeftModel
 
 from synthmix.scoring import padded_nll
-from synthmix.trainer.config import CollapseConfig
-from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.indicators import (
+from synthmix.trainer.collapse.indicators import (
     next_token_entropy,
     per_example_perplexity,
     perplexity,
@@ -32,8 +30,10 @@ from synthmix.trainer.indicators import (
     sample_indicators,
     vendi_score,
 )
-from synthmix.trainer.prompts import choose_prompts_from_ids, content_ids, leading_special_tokens
-from synthmix.trainer.sampling import sample_continuations
+from synthmix.trainer.config import CollapseConfig
+from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.generation.prompts import choose_prompts_from_ids, content_ids, leading_special_tokens
+from synthmix.trainer.generation.sampling import sample_continuations
 
 PPL_PERCENTILES = (50, 90, 99)
 

@@ -21,9 +21,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from synthmix.data_mixers.corpus import real_training_texts
 from synthmix.files import atomic_folder
 from synthmix.trainer.config import RunConfig
-from synthmix.trainer.loop import train
-from synthmix.trainer.sampling import SamplingConfig
-from synthmix.trainer.synthetic import generate_corpus
+from synthmix.trainer.generation.corpus import generate_corpus
+from synthmix.trainer.generation.sampling import SamplingConfig
+from synthmix.trainer.runtime.loop import train
 
 SAMPLING = SamplingConfig(max_new_tokens=112, temperature=1.0, batch_size=64, seed=0)
 

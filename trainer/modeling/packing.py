@@ -16,12 +16,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from synthmix.data_mixers.config import KINDS
+from synthmix.data_mixers.labels import FILLER_KIND, IGNORE, KIND_CODES, piece_labels
 from synthmix.data_mixers.mixer import Example
-from synthmix.trainer.loss import IGNORE
-
-KIND_CODES = {kind: code for code, kind in enumerate(KINDS)}
-PAD_KIND = -1
 
 
 @dataclasses.dataclass
@@ -85,7 +81,7 @@ def pack_rows(rows: list[list[Example]], seq_len: int, pad_id: int) -> PackedBat
     labels = np.full(shape, IGNORE, dtype=np.int64)
     position_ids = np.zeros(shape, dtype=np.int64)
     segment_ids = np.zeros(shape, dtype=np.int64)
-    kinds = np.full(shape, PAD_KIND, dtype=np.int64)
+    kinds = np.full(shape, FILLER_KIND, dtype=np.int64)
     started = np.zeros(len(KIND_CODES), dtype=np.int64)
     for r, row in enumerate(rows):
         pieces = [piece for piece in row if len(piece.ids)]  # an empty piece has no first token to mask
@@ -97,11 +93,7 @@ def pack_rows(rows: list[list[Example]], seq_len: int, pad_id: int) -> PackedBat
             n = len(piece.ids)
             span = slice(cursor, cursor + n)
             input_ids[r, span] = piece.ids
-            piece_labels = piece.ids.astype(np.int64)
-            if piece.loss_mask is not None:
-                piece_labels = np.where(piece.loss_mask, piece_labels, IGNORE)
-            labels[r, span] = piece_labels
-            labels[r, cursor] = IGNORE
+            labels[r, span] = piece_labels(piece)
             position_ids[r, span] = np.arange(n)
             segment_ids[r, span] = segment
             kinds[r, span] = KIND_CODES[piece.kind]

@@ -1,0 +1,38 @@
+"""One eval, recorded as every synthmix eval is (the training loop's and `CollapseCallback`'s): the monitor's
+values, the baseline's reference, the alert rules, and their events in the run's event log."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from synthmix.trainer.collapse.monitor import CollapseMonitor
+from synthmix.trainer.reporting.events import EventLog
+
+
+def record_eval(
+    monitor: CollapseMonitor, log: EventLog, model: torch.nn.Module, step: int, epoch: float, **fields: Any
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Measure the indicators and log them, as every synthmix eval does (the loop's and `CollapseCallback`'s):
+    the first measurement is the baseline (with the real text's `reference` event), later ones go through the
+    alert rules; one `eval` event (with `fields`), then an `alert` event per alert, printed where the log
+    writes. Returns the values and the alerts."""
+    started = time.perf_counter()
+    values = monitor.measure(model)
+    alerts: list[dict[str, Any]] = []
+    if monitor.baseline is None:
+        monitor.baseline = values
+        log.event("reference", step=0, **monitor.reference)
+    else:
+        alerts = monitor.alerts(values, step, epoch)
+    sampling = dataclasses.asdict(monitor.config.sampling)
+    seconds = round(time.perf_counter() - started, 3)
+    log.event("eval", step=step, epoch=epoch, **values, **fields, sampling=sampling, seconds=seconds)
+    for alert in alerts:
+        log.event("alert", **alert)
+        if log.enabled:
+            print(f"collapse alert: {alert['message']}", flush=True)
+    return values, alerts

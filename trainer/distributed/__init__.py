@@ -1,0 +1,1 @@
+"""Several processes: the Accelerator and its collectives (`accelerator`), and FSDP2 sharding (`sharding`)."""
