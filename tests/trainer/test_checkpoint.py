@@ -246,3 +246,43 @@ def test_rng_states_round_trip_through_a_weights_only_load(tmp_path: Path) -> No
     draw()  # move every generator on
     RngState().load_state_dict(TORCH.read(tmp_path / "rng.pt"))
     assert draw() == expected
+
+
+# ---------------------------------------------------------------- sharded parts (torch.distributed.checkpoint)
+def sharded_part(weight: torch.Tensor, extra: Any) -> Part:
+    return Part("sharded", Box({"weight": weight, "groups": [{"lr": extra}]}), sharded=True)
+
+
+def test_a_sharded_part_is_written_by_torch_distributed_checkpoint_sealed_and_read_back(accelerator, tmp_path) -> None:
+    checkpointer = Checkpointer(tmp_path, accelerator, keep_last=2)
+    path = checkpointer.save(2, [*parts(), sharded_part(torch.arange(6.0), 0.5)], META, {})
+    files = json.loads((path / MANIFEST).read_text())["files"]
+    assert {"sharded/.metadata", "sharded/__0_0.distcp"} <= files.keys()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the shards' staging folder is gone
+
+    fresh = sharded_part(torch.zeros(6), 0.0)  # torch.distributed.checkpoint reads into the shapes it is given
+    checkpointer.restore(path, [*parts(), fresh], META, {})
+    assert torch.equal(fresh.obj.state["weight"], torch.arange(6.0)) and fresh.obj.state["groups"] == [{"lr": 0.5}]
+
+
+class Pickled:
+    """An object that only an unrestricted unpickler would build."""
+
+
+def test_a_sharded_part_holding_a_pickled_object_is_refused_in_one_line(accelerator, tmp_path) -> None:
+    checkpointer = Checkpointer(tmp_path, accelerator, keep_last=2)
+    path = checkpointer.save(2, [sharded_part(torch.ones(2), Pickled())], META, {})
+    with pytest.raises(TrainerError, match=r"holds .*Pickled, which torch.load\(weights_only=True\) refuses"):
+        checkpointer.restore(path, [sharded_part(torch.zeros(2), "placeholder")], META, {})
+
+
+def test_a_full_disk_while_writing_shards_is_one_line_and_leaves_nothing(accelerator, tmp_path, monkeypatch) -> None:
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FileSystemWriter, "write_data", full)
+    with pytest.raises(DiskFullError, match=r"no space left on device while writing .*step-3"):
+        save(accelerator, tmp_path, 3, parts=[*parts(), sharded_part(torch.ones(2), 0.1)])
+    assert list(tmp_path.iterdir()) == []

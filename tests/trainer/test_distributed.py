@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -127,14 +128,31 @@ def probe_run(tiny_config: Path) -> Path:
     return output_dir
 
 
+def _fsdp_launch(*args: str | Path) -> list[str]:
+    """`accelerate launch` with the shipped FSDP launch config, on two processes."""
+    launch = ["accelerate", "launch", "--config_file", ROOT / "configs/accelerate/fsdp.yaml"]
+    return list(map(str, [*launch, f"--num_processes={WORLD_SIZE}", *args]))
+
+
 @pytest.fixture(scope="module")
 def fsdp_run(tiny_config: Path) -> Path:
     """The probe's run (collapse hook on) sharded with FSDP2, launched with the shipped FSDP launch config."""
     output_dir = tiny_config.parent / "fsdp"
-    launch = ["accelerate", "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml")]
-    probe = [str(PROBE), "--config", str(tiny_config), "--output_dir", str(output_dir), *PROBE_OVERRIDES]
-    _launch(command=[*launch, f"--num_processes={WORLD_SIZE}", *probe, "--checkpoint.keep_last", "10"])
+    probe = [PROBE, "--config", tiny_config, "--output_dir", output_dir, *PROBE_OVERRIDES]
+    _launch(command=_fsdp_launch(*probe, "--checkpoint.keep_last", "10"))
     return output_dir
+
+
+def _full_fsdp_train(config: Path, output_dir: Path, *extra: str | Path) -> Path:
+    """A full fine-tune (`lora.r: 0`) through `synthmix train` under the FSDP launch config."""
+    train = ["-m", "synthmix", "train", "--config", config, "--output_dir", output_dir, "--lora.r", "0"]
+    _launch(command=_fsdp_launch(*train, *extra))
+    return output_dir
+
+
+@pytest.fixture(scope="module")
+def full_fsdp_run(tiny_config: Path) -> Path:
+    return _full_fsdp_train(tiny_config, tiny_config.parent / "full-fsdp", "--checkpoint.keep_last", "10")
 
 
 @pytest.fixture(scope="module")
@@ -392,6 +410,52 @@ def test_an_fsdp_run_resumed_under_torchrun_ends_with_the_same_adapter_bit_for_b
     [config] = _events(output_dir, "config")  # the resumed run's config event was copied from the checkpoint
     assert config["distributed_type"] == "FSDP"
     _assert_identical(_adapter(output_dir), _adapter(fsdp_run), "resumed vs uninterrupted FSDP run")
+
+
+@pytest.mark.slow
+def test_a_full_fine_tune_under_fsdp_checkpoints_each_ranks_shards_and_resumes_from_them_bit_for_bit(
+    tiny_config: Path, full_fsdp_run: Path
+):
+    checkpoint = full_fsdp_run / "checkpoints" / "step-5"
+    shards = sorted((checkpoint / "sharded").glob("*.distcp"))
+    assert [p.name for p in shards] == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (checkpoint / "model").exists() and not (checkpoint / "optimizer.pt").exists()
+    sizes = [p.stat().st_size for p in shards]
+    assert max(sizes) < 0.75 * sum(sizes), f"a rank wrote most of the state itself: {sizes}"
+    files = json.loads((checkpoint / "manifest.json").read_text())["files"]
+    assert {f"sharded/{p.name}" for p in shards} | {"sharded/.metadata"} <= files.keys()
+
+    resumed = _full_fsdp_train(tiny_config, tiny_config.parent / "full-fsdp-resumed", "--resume", checkpoint)
+
+    [event] = _events(resumed, "resume")
+    assert event["step"] == 5
+    final = load_file(str(full_fsdp_run / "model" / "model.safetensors"))
+    _assert_identical(load_file(str(resumed / "model" / "model.safetensors")), final, "resumed vs uninterrupted")
+    # The shards are the whole model: torch's converter joins the last checkpoint's into the exported weights,
+    # and training moved every tensor after step 5.
+    [end] = _events(full_fsdp_run, "end")
+    last = full_fsdp_run / "checkpoints" / f"step-{end['step']}"
+    joined, at_5 = (_joined_weights(folder / "sharded", tiny_config.parent) for folder in (last, checkpoint))
+    _assert_identical(joined, final, "the joined shards of the last checkpoint vs the exported model")
+    assert all(not (at_5[name] == final[name]).all() for name in final)
+
+
+def _joined_weights(shards: Path, scratch: Path) -> dict:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    whole = scratch / f"{shards.parent.name}.pt"
+    dcp_to_torch_save(shards, whole)
+    return torch.load(whole, weights_only=True)["sharded"]["model"]
+
+
+def test_a_sharded_checkpoint_resumed_by_another_number_of_processes_is_refused_in_one_line(full_fsdp_run: Path):
+    checkpoint = full_fsdp_run / "checkpoints" / "step-5"
+    command = [sys.executable, "-m", "synthmix", "train", "--config", full_fsdp_run / "config.yaml"]
+    overrides = ["--output_dir", full_fsdp_run.parent / "one-process", "--resume", checkpoint]
+    done = subprocess.run([*map(str, command + overrides)], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = done.stderr.strip().splitlines()
+    assert f"checkpoint {checkpoint} was written by 2 processes; this launch has 1" in line
 
 
 # ---------------------------------------------------------------------------------------------- preemption

@@ -1,13 +1,16 @@
 """Checkpoints: named stateful objects written into a temporary folder, sealed with a manifest, renamed into place.
 
-The loop hands `Checkpointer.save` a list of `Part`s (objects with `state_dict()` / `load_state_dict()`) and gets
-their states back from `Checkpointer.restore`; this module owns everything else: the layout, gathering the
-per-rank states onto the main process, the manifest (checksums, world size, data fingerprint, config), the
-compatibility checks before anything is loaded, the config diff, pruning, and choosing `latest`.
+The loop hands `Checkpointer.save` a list of `Part`s (torch's `Stateful` objects: `state_dict()` /
+`load_state_dict()`) and gets their states back from `Checkpointer.restore`; this module owns everything else:
+the layout, gathering the per-rank states onto the main process, the manifest (checksums, world size, data
+fingerprint, config), the compatibility checks before anything is loaded, the config diff, pruning, and choosing
+`latest`.
 
 Layout of OUTPUT_DIR/checkpoints/step-N/ (one file or folder per part):
     adapter/ or model/    trainable weights: peft format (PeftModel.from_pretrained reads it) or full weights
-    optimizer.pt          optimizer state keyed by parameter name (full, even when training is sharded)
+    optimizer.pt          optimizer state keyed by parameter name (whole, also when a LoRA run is sharded)
+    sharded/              instead of both, for full fine-tuning under FSDP2: torch.distributed.checkpoint's
+                          folder, one `__R_0.distcp` of weights and optimizer shards per rank R, and `.metadata`
     scheduler.pt          learning-rate schedule position
     scaler.pt             fp16 loss scale (fp16 only)
     rng.pt                every rank's Python, NumPy, torch and CUDA RNG states (a list, rank order)
@@ -22,7 +25,9 @@ A folder without a manifest (a crash while writing) or with a file that does not
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import pickle
 import random
 import re
 import shutil
@@ -33,23 +38,19 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
+import torch.distributed.checkpoint as dcp
+from accelerate.utils import broadcast_object_list, gather_object
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.stateful import Stateful
 
-from synthmix.files import atomic_folder, disk_full_is_an_error, sha256_of
+from synthmix.files import atomic_folder, disk_full_is_an_error, sha256_of, temporary_sibling
 from synthmix.schema import flatten
 from synthmix.trainer.distributed.accelerator import on_main_process
 from synthmix.trainer.errors import TrainerError
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-class Stateful(Protocol):
-    """What a checkpoint holds: an object whose state round-trips through plain data and tensors."""
-
-    def state_dict(self) -> Any: ...
-
-    def load_state_dict(self, state: Any) -> None: ...
 
 
 class Codec(Protocol):
@@ -105,6 +106,14 @@ class Part:
     """Every process has its own state (RNG, stream position): all are gathered and each gets its own back."""
     collective: bool = False
     """`state_dict()` / `load_state_dict()` must run on every process (sharded weights and optimizer states)."""
+    sharded: bool = False
+    """Every process writes and reads its own shards through torch.distributed.checkpoint (a folder `name/`);
+    nothing is gathered. The codec is not used."""
+
+    @property
+    def filename(self) -> str:
+        """The part's file or folder in a checkpoint."""
+        return self.name if self.sharded else self.codec.filename(self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,19 +142,55 @@ class Checkpointer:
     def save(self, step: int, parts: list[Part], meta: dict[str, Any], files: dict[str, Path]) -> Path:
         """Write checkpoints/step-`step` from every process's parts; `meta` (world size, data fingerprint,
         config) goes into the manifest, `files` are copied in as they are. Returns the folder."""
-        states = {part.name: self._state_of(part) for part in parts}
+        shards = self._write_shards(step, [part for part in parts if part.sharded])
+        gathered = [part for part in parts if not part.sharded]
+        states = {part.name: self._state_of(part) for part in gathered}
         final = self.root / f"step-{step}"
-        on_main_process(self.accelerator, lambda: self._write(step, parts, states, meta, files))
+        on_main_process(self.accelerator, lambda: self._write(step, gathered, states, shards, meta, files))
         self.accelerator.wait_for_everyone()
         return final
 
+    def _write_shards(self, step: int, parts: list[Part]) -> Path | None:
+        """Every process writes its shards of `parts` into one temporary folder that the main process names (the
+        folders must be on a file system every process sees); None when no part is sharded."""
+        if not parts:
+            return None
+        self.root.mkdir(parents=True, exist_ok=True)
+        # A temporary name: a crash before the checkpoint is sealed leaves it to remove_temporaries.
+        staging = [str(temporary_sibling(self.root / f"step-{step}")) if self.accelerator.is_main_process else ""]
+        broadcast_object_list(staging)
+        folder = Path(staging[0])
+        try:
+            with disk_full_is_an_error(folder):
+                for part in parts:
+                    try:
+                        dcp.save({part.name: part.obj}, checkpoint_id=folder / part.name)
+                    except CheckpointException as err:  # every process raises it, with the failing ranks' errors
+                        raise _first_failure(err) from None  # a full disk is then the usual one line
+        except BaseException:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.accelerator.wait_for_everyone()
+        return folder
+
     def _write(
-        self, step: int, parts: list[Part], states: dict[str, Any], meta: dict[str, Any], files: dict[str, Path]
+        self,
+        step: int,
+        parts: list[Part],
+        states: dict[str, Any],
+        shards: Path | None,
+        meta: dict[str, Any],
+        files: dict[str, Path],
     ) -> None:
         # Pruning comes after the new checkpoint is sealed: a full disk leaves the older ones as they were.
         with atomic_folder(self.root / f"step-{step}") as folder:
+            if shards is not None:
+                for written in shards.iterdir():
+                    written.replace(folder / written.name)
+                shards.rmdir()
             for part in parts:
-                part.codec.write(folder / part.codec.filename(part.name), states[part.name])
+                part.codec.write(folder / part.filename, states[part.name])
             for name, source in files.items():
                 if source.exists():
                     shutil.copyfile(source, folder / name)
@@ -182,9 +227,15 @@ class Checkpointer:
         manifest = json.loads((folder / MANIFEST).read_text())
         _check_compatible(folder, manifest, meta)
         for part in parts:
-            path = folder / part.codec.filename(part.name)
+            path = folder / part.filename
             if not path.exists():
-                raise TrainerError(f"checkpoint {folder} has no {path.name}; it was written by another version")
+                raise TrainerError(
+                    f"checkpoint {folder} has no {path.name}: it was written by another version of synthmix, or by "
+                    "a run sharded otherwise (full fine-tuning under FSDP2 writes sharded/); resume it as it was run"
+                )
+            if part.sharded:
+                load_shards(path, part)
+                continue
             state = part.codec.read(path)
             part.obj.load_state_dict(state[self.accelerator.process_index] if part.per_rank else state)
         if self.accelerator.is_main_process:
@@ -194,6 +245,37 @@ class Checkpointer:
                         shutil.copyfile(folder / name, target)
         self.accelerator.wait_for_everyone()
         return Restored(folder, int(manifest["step"]), config_changes(manifest.get("config", {}), meta["config"]))
+
+
+def load_shards(path: Path, part: Part) -> None:
+    """Read this process's shards of `part` from the folder torch.distributed.checkpoint wrote (collective)."""
+    try:
+        dcp.load({part.name: part.obj}, checkpoint_id=path, planner=_SafeLoadPlanner())
+    except CheckpointException as err:
+        cause = _first_failure(err)
+        if isinstance(cause, pickle.UnpicklingError):
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(cause))
+            reason = f"it holds {found[1] if found else 'an object'}, which torch.load(weights_only=True) refuses"
+        else:
+            reason = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
+        raise TrainerError(f"checkpoint {path} does not load ({reason})") from None
+
+
+def _first_failure(err: CheckpointException) -> BaseException:
+    """The error of the first process that failed (torch.distributed.checkpoint wraps each rank's)."""
+    failures = sorted(err.failures.items())
+    return failures[0][1][0] if failures else RuntimeError(str(err))
+
+
+class _SafeLoadPlanner(DefaultLoadPlanner):
+    """torch.distributed.checkpoint's load planner, refusing what `torch.load(weights_only=True)` refuses in the
+    non-tensor items (the optimizer's param groups), as every other checkpoint file is read: the default planner
+    unpickles them unrestricted. Bytes that pass the restricted unpickler hold only plain data and tensors."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        torch.load(value, weights_only=True)  # raises on anything but plain data and tensors
+        value.seek(0)
+        super().load_bytes(read_item, value)
 
 
 def find_checkpoint(root: Path, which: str) -> Path:

@@ -10,18 +10,25 @@ from typing import IO, Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from peft import PeftModel
 
 from synthmix.data_mixers.config import KINDS
 from synthmix.data_mixers.mixer import Mixer
 from synthmix.schema import to_dict
 from synthmix.trainer.collapse.monitor import CollapseMonitor
 from synthmix.trainer.config import RunConfig
+from synthmix.trainer.distributed.sharding import is_sharded
 from synthmix.trainer.modeling.attention import AttentionChoice
 from synthmix.trainer.modeling.loss import LossChoice
 from synthmix.trainer.reporting.events import EventLog
 from synthmix.trainer.runtime.checkpoint import JSON, Checkpointer, Part, RngState
 from synthmix.trainer.runtime.preemption import StopSignals
-from synthmix.trainer.runtime.weights import OptimizerState, TrainableWeights, WeightsCodec
+from synthmix.trainer.runtime.weights import (
+    OptimizerState,
+    ShardedTrainingState,
+    TrainableWeights,
+    WeightsCodec,
+)
 
 
 @dataclasses.dataclass
@@ -129,10 +136,8 @@ class Run:
 
     def checkpoint_parts(self) -> list[Part]:
         """What a checkpoint holds, in the order it is restored."""
-        weights = TrainableWeights(self.unwrapped)
         parts = [
-            Part("weights", weights, codec=WeightsCodec(weights), collective=True),
-            Part("optimizer", OptimizerState(self.unwrapped, self.optimizer), collective=True),
+            *self._weight_parts(),
             Part("scheduler", self.scheduler),
             Part("rng", RngState(), per_rank=True),
             Part("mixer", self.mixer, codec=JSON, per_rank=True),
@@ -143,6 +148,17 @@ class Run:
         if self.monitor is not None:
             parts.append(Part("collapse", self.monitor, codec=JSON))
         return parts
+
+    def _weight_parts(self) -> list[Part]:
+        # A sharded full fine-tune keeps every process's shards apart (gathered, the whole model and its Adam
+        # state would sit in one process); a LoRA adapter is small, and whole it loads with peft directly.
+        if is_sharded(self.unwrapped) and not isinstance(self.unwrapped, PeftModel):
+            return [Part("sharded", ShardedTrainingState(self.unwrapped, self.optimizer), sharded=True)]
+        weights = TrainableWeights(self.unwrapped)
+        return [
+            Part("weights", weights, codec=WeightsCodec(weights), collective=True),
+            Part("optimizer", OptimizerState(self.unwrapped, self.optimizer), collective=True),
+        ]
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What a checkpoint's manifest says of the run: a resume must fit the world size and the data."""

@@ -1,6 +1,10 @@
-"""The trainable weights and the optimizer state as stateful objects, whole on the main process whatever the
-launch: sharded parameters (FSDP2) are gathered through torch.distributed.checkpoint's state-dict API; whole
-ones (one process, DDP) are read directly, by parameter name, in the same format. (The state-dict API walks
+"""The trainable weights and the optimizer state as stateful objects (torch's `Stateful` protocol).
+
+`TrainableWeights` and `OptimizerState` are whole on the main process whatever the launch: sharded parameters
+(FSDP2) are gathered through torch.distributed.checkpoint's state-dict API; whole ones (one process, DDP) are
+read directly, by parameter name, in the same format. `ShardedTrainingState` is the other way, for full
+fine-tuning under FSDP2: every process keeps its own shard of both, which torch.distributed.checkpoint writes
+and reads rank by rank, so no process ever holds the whole model and its Adam state. (The state-dict API walks
 `model.state_dict()`, every frozen module included, and bitsandbytes' layers rewrite their packed weights or
 fail when asked for theirs.)
 
@@ -29,6 +33,7 @@ from synthmix.trainer.distributed.sharding import is_sharded
 from synthmix.trainer.errors import TrainerError
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+_SHARDS = StateDictOptions(ignore_frozen_params=True)
 
 
 def _distributed() -> bool:
@@ -164,12 +169,24 @@ class OptimizerState:
         return [names[id(param)] for group in self.optimizer.param_groups for param in group["params"]]
 
 
-def _renamed(state: dict[str, Any], key: dict[Any, Any]) -> dict[str, Any]:
-    """An optimizer state dict with every parameter key (index or name) replaced through `key`."""
-    return {
-        "state": {key[param]: value for param, value in state["state"].items()},
-        "param_groups": [{**group, "params": [key[p] for p in group["params"]]} for group in state["param_groups"]],
-    }
+class ShardedTrainingState:
+    """The trainable weights and the optimizer state of a sharded model, each process its own shards (DTensors):
+    what torch.distributed.checkpoint saves and loads rank by rank (collective: every process takes part)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        # On load, torch.distributed.checkpoint asks for this too, as the template it reads each shard into.
+        return {
+            "model": get_model_state_dict(self.model, options=_SHARDS),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=_SHARDS),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_model_state_dict(self.model, state["model"], options=_SHARDS)
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=_SHARDS)
 
 
 def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
