@@ -7,7 +7,7 @@ STAMP := $(VENV)/.synthmix-installed
 TORCH_PIN ?= torch==2.13.0
 TEST_WORKERS ?= 2
 
-.PHONY: demo test lint docs bench bench-gpu inspect clean
+.PHONY: demo test test-fast lint docs bench bench-gpu inspect clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 # Two workers (this machine's two cores), a test file each at a time, so a file's fixtures are built once.
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The lane to run while working: every test not marked slow (end-to-end runs: launches, subprocesses, sweeps).
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # ruff, then the layers of pyproject.toml's import-linter contract (scripts/check_layers.py).
 lint: $(STAMP)

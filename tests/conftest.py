@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from testkit import subprocess_env
 
 from synthmix.data_mixers.tokenizer import train_bpe
 
@@ -116,7 +117,6 @@ def hub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     tiny Qwen2 (widths multiples of 64, as bitsandbytes' 4-bit CPU kernels need) with a ChatML BPE tokenizer,
     stored where a download would have put it. Commands then run as written, without a network, and reach the
     same loading code as after a real download."""
-    import os
     import pydoc_data.topics
 
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -139,4 +139,4 @@ def hub_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (repo / "refs" / "main").write_text(commit)
         (repo / "snapshots").mkdir()
         shutil.copytree(model_dir, repo / "snapshots" / commit)
-    return {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess_env(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")

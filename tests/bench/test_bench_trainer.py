@@ -4,12 +4,12 @@ configuration it would time there, the TRL peers, the correctness run, and the f
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from testkit import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ def test_the_gpu_suite_runs_end_to_end_on_cpu_and_writes_its_figures(tmp_path: P
     out = tmp_path / "figures.json"
     command = [sys.executable, "bench/bench_trainer.py", "--suite", "--device", "cpu", "--model", "tiny-llama"]
     command += ["--batch", "2", "--seq-len", "64", "--warmup", "1", "--steps", "1", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())

@@ -76,6 +76,7 @@ def events(run: Path, kind: str) -> list[dict]:
     return [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if e["event"] == kind]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["qlora", "fsdp2"])
 def test_the_training_configs_train_two_steps_on_the_chats_with_assistant_only_loss(ran: dict[str, Path], name: str):
     run = ran[name]
@@ -88,11 +89,13 @@ def test_the_training_configs_train_two_steps_on_the_chats_with_assistant_only_l
         assert config["quantization"]["load_in_4bit"] is True
 
 
+@pytest.mark.slow
 def test_the_sweep_config_gives_a_verdict(ran: dict[str, Path]) -> None:
     verdict = json.loads((ran["sweep"] / "sweep" / "verdict.json").read_text())
     assert verdict["ratios"] == [0.0, 0.5] and verdict["steps"] == 2 and "safe_ratio" in verdict
 
 
+@pytest.mark.slow
 def test_the_recursive_config_trains_a_generation(ran: dict[str, Path]) -> None:
     summary = [json.loads(line) for line in (ran["recursive"] / "replace" / "generations.jsonl").open()]
     assert [g["generation"] for g in summary] == [0, 1]

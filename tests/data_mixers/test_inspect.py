@@ -122,6 +122,7 @@ def test_a_config_with_only_a_data_section_is_inspected(inspect, tmp_path: Path)
     assert json.loads(out)["epochs"][0]["examples"]["real"] == 19  # 20 loaded, 1 held out
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs(cache: str) -> None:
     command = [sys.executable, "-m", "synthmix", "inspect", "--config", "configs/tiny.yaml"]
     done = subprocess.run([*command, "--data.cache_dir", cache], cwd=REPO, capture_output=True, text=True, timeout=120)

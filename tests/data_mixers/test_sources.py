@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from testkit import write_jsonl
 
 from synthmix.data_mixers.config import SourceConfig
 from synthmix.data_mixers.errors import MixerError
@@ -32,11 +33,6 @@ def error(base: Path, path: str, **spec: Any) -> str:
     message = str(caught.value)
     assert "\n" not in message
     return message
-
-
-def write_jsonl(path: Path, records: list[Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
 
 def write_csv(path: Path, rows: list[list[str]]) -> None:

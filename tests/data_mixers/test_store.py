@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from testkit import write_jsonl
 from transformers import PreTrainedTokenizerBase
 
 from synthmix.data_mixers import Corpora, DataConfig, SourceConfig, build_corpora
@@ -24,11 +25,6 @@ SYNTHETIC = [f"generated sample {i}, words words" for i in range(40)]
 CHATS = [
     [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"answer {i}."}] for i in range(20)
 ]
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture
@@ -180,6 +176,7 @@ def _build_in_another_process(data: DataConfig, tokenizer_dir: str, queue: Any) 
     queue.put((stores(corpora), arrays(corpora)))
 
 
+@pytest.mark.slow
 def test_two_processes_building_the_same_store_at_once_tokenize_each_source_once(
     data: DataConfig, byte_tokenizer, tmp_path: Path
 ) -> None:

@@ -45,6 +45,7 @@ def test_the_quickstart_shows_the_config_it_runs() -> None:
     assert shown == "".join(line for line in config.splitlines(keepends=True) if not line.startswith("#"))
 
 
+@pytest.mark.slow
 def test_the_quickstart_runs_as_written(hub_env: dict[str, str], tmp_path: Path) -> None:
     """Every `synthmix` line of the quickstart, in order, in a fresh copy of configs/ and data/."""
     (commands,) = code_blocks(section(README, "Quickstart"), "bash")

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from testkit import subprocess_env
 
 from synthmix import cli
 from synthmix.data_mixers.errors import MixerError
@@ -32,7 +32,7 @@ def run(*args: str) -> tuple[int, str, str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=subprocess_env(),
     )
     return done.returncode, done.stdout, done.stderr
 
@@ -71,6 +71,7 @@ def test_train_help_lists_every_config_key_with_type_default_and_doc(capsys: pyt
     assert "--collapse.sampling.top_p  (float, default: 1.0)" in out
 
 
+@pytest.mark.slow
 def test_a_user_error_is_one_line_and_exit_2_and_debug_adds_the_traceback(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     code, out, err = run("train", "--config", str(missing))
@@ -103,6 +104,7 @@ def test_every_package_error_is_a_user_error_and_a_config_error_is_not_a_mixer_e
     assert issubclass(ConfigError, UserError) and not issubclass(ConfigError, MixerError)
 
 
+@pytest.mark.slow
 def test_python_dash_m_trainer_is_an_alias_of_synthmix_train(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "synthmix", "train", "--config", str(tmp_path / "nope.yaml")],
@@ -138,11 +140,12 @@ sys.meta_path.insert(0, _AVX512BF16())
 """
 
 
+@pytest.mark.slow
 def test_a_run_that_quantizes_nothing_never_loads_bitsandbytes(tmp_path: Path) -> None:
     """On a CPU with AVX512-BF16, importing bitsandbytes (which peft does when it is installed) fetches a kernel
     from the hub and warns; a run without model.quantization loads none of it."""
     (tmp_path / "sitecustomize.py").write_text(AVX512_BF16)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env = subprocess_env(PYTHONPATH=str(tmp_path), HF_HUB_OFFLINE="1")
     noise = subprocess.run([sys.executable, "-c", "import peft"], env=env, capture_output=True, text=True, timeout=120)
     assert "kernels-community" in noise.stderr  # the machine this test stands in for: peft's import alone is loud
     config = tmp_path / "run.yaml"

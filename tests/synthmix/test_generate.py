@@ -120,6 +120,7 @@ def test_missing_model_is_one_line(tmp_path, prompts_file, capsys):
     assert str(missing) in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_command_line_process(tmp_path):
     """Run as users do, from another directory: no traceback, exit code 2, the file named."""
     missing = tmp_path / "missing.jsonl"

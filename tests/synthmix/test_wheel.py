@@ -7,7 +7,6 @@ them), and the wheel with `--no-deps`; Coqui's `trainer` comes from the package 
 
 from __future__ import annotations
 
-import os
 import site
 import subprocess
 import sys
@@ -16,15 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from testkit import subprocess_env
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 COQUI_TRAINER = "trainer==0.0.36"
 
 
 def run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run(command, cwd=cwd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    env = subprocess_env(PYTHONPATH=None, VIRTUAL_ENV=None)
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return done
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from testkit import run_config
 
 from synthmix.schema import apply_overrides, flatten
 from synthmix.trainer.config import RunConfig, load_config
@@ -71,11 +72,6 @@ def write_config(folder: Path, cache_dir: Path, arch: Mapping[str, Any], changes
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(merged(tiny_config(cache_dir, arch), changes or {}), sort_keys=False))
     return path
-
-
-def run_config(path: Path, output_dir: Path, *overrides: str) -> RunConfig:
-    """The run config of `path` writing into `output_dir`, with CLI-style overrides."""
-    return load_config(path, ["--output_dir", str(output_dir), *overrides])
 
 
 @pytest.fixture(scope="session")
@@ -168,3 +164,19 @@ def base_model(tmp_path_factory: pytest.TempPathFactory, tiny_arch) -> Path:
     for file in (run_dir / "tokenizer").iterdir():
         shutil.copy(file, model_dir / file.name)
     return model_dir
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer):
+    """The tiny tokenizer, under the name the generation tests give it."""
+    return tiny_tokenizer
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """TRL's SFTConfig turns bf16 on, and accelerate keeps one process-wide state: reset it after each test, or
+    the next synthmix run in this process would be refused a different mixed precision."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

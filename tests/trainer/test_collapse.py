@@ -116,6 +116,7 @@ def warned(reference, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return trained(path, root / "run")
 
 
+@pytest.mark.slow
 def test_warn_logs_the_alert_and_training_goes_on_to_the_end(warned) -> None:
     alerts = of(warned.events, "alert")
     evals = {e["epoch"]: e for e in of(warned.events, "eval")}
@@ -130,10 +131,12 @@ def test_warn_logs_the_alert_and_training_goes_on_to_the_end(warned) -> None:
     assert sorted(epoch_end_steps(warned.events)) == [1, 2]
 
 
+@pytest.mark.slow
 def test_alerts_do_not_change_training(reference, warned) -> None:
     assert (warned.output_dir / "adapter" / "adapter_model.safetensors").read_bytes() == reference.adapter_bytes
 
 
+@pytest.mark.slow
 def test_the_hook_does_not_disturb_training(reference, tmp_path: Path) -> None:
     """Same config and held-out split, no hook at all: the very same adapter, byte for byte."""
     path = variant(reference, tmp_path, {"collapse": {"enabled": False}})
@@ -151,6 +154,7 @@ def stopped(reference, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return trained(path, root / "run")
 
 
+@pytest.mark.slow
 def test_stop_checkpoints_the_epoch_and_ends_the_run_early(stopped) -> None:
     events, out = stopped.events, stopped.output_dir
     assert sorted(epoch_end_steps(events)) == [1]
@@ -165,6 +169,7 @@ def test_stop_checkpoints_the_epoch_and_ends_the_run_early(stopped) -> None:
     assert saved.keys() == final.keys() and all(torch.equal(saved[k], final[k]) for k in saved)
 
 
+@pytest.mark.slow
 def test_a_stopped_run_resumes_from_its_checkpoint_at_the_reduced_ratio(stopped, tmp_path: Path) -> None:
     out = tmp_path / "run"
     shutil.copytree(stopped.output_dir, out)
@@ -208,6 +213,7 @@ def scripted(reference, tmp_path_factory: pytest.TempPathFactory) -> Trained:
         return trained(path, root / "run")
 
 
+@pytest.mark.slow
 def test_scripted_indicators_fire_each_action_at_its_epoch(scripted) -> None:
     events = scripted.events
     assert [(a["epoch"], a["indicator"], a["action"]) for a in of(events, "alert")] == [
@@ -223,6 +229,7 @@ def test_scripted_indicators_fire_each_action_at_its_epoch(scripted) -> None:
     assert latest.name == f"step-{end['step']}" and verify(latest) is None
 
 
+@pytest.mark.slow
 def test_reduce_ratio_halves_the_next_epochs_realized_ratio(scripted) -> None:
     events = scripted.events
     (reduced,) = of(events, "ratio_reduced")
@@ -235,6 +242,7 @@ def test_reduce_ratio_halves_the_next_epochs_realized_ratio(scripted) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- when it runs
+@pytest.mark.slow
 def test_max_steps_mid_epoch_gets_a_final_eval(reference, tmp_path: Path) -> None:
     """A run that train.max_steps stops inside its first epoch is measured at its last step."""
     run = trained(reference.config_path, tmp_path / "run", "--train.max_steps", "5")
@@ -253,6 +261,7 @@ def every_10(reference, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return trained(path, root / "run")
 
 
+@pytest.mark.slow
 def test_every_steps_evaluates_between_epoch_ends_and_rules_fire_per_eval(reference, every_10) -> None:
     ends = epoch_end_steps(every_10.events)
     last = max(ends.values())
@@ -267,6 +276,7 @@ def test_every_steps_evaluates_between_epoch_ends_and_rules_fire_per_eval(refere
     assert (every_10.output_dir / "adapter" / "adapter_model.safetensors").read_bytes() == reference.adapter_bytes
 
 
+@pytest.mark.slow
 def test_the_report_plots_per_eval_when_evals_come_between_epoch_ends(every_10) -> None:
     from synthmix.trainer.reporting.plots import eval_axis
     from synthmix.trainer.reporting.records import load_run
@@ -277,6 +287,7 @@ def test_the_report_plots_per_eval_when_evals_come_between_epoch_ends(every_10) 
     assert "<th>step 10 (epoch 1)</th>" in page and "<th>epoch 1</th>" in page
 
 
+@pytest.mark.slow
 def test_a_stop_rule_at_a_mid_epoch_eval_ends_the_run_there(reference, tmp_path: Path) -> None:
     changes = {"collapse": {"every_steps": 2, "rules": [rule("real_ppl", "down", 0.0001, "stop")]}}
     run = trained(variant(reference, tmp_path, changes), tmp_path / "run")
@@ -287,6 +298,7 @@ def test_a_stop_rule_at_a_mid_epoch_eval_ends_the_run_there(reference, tmp_path:
 
 
 # ---------------------------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_resume_on_more_epochs_keeps_the_baseline(reference, tmp_path: Path) -> None:
     """No second baseline or reference after a resume; later alerts still compare with the step-0 values."""
     out = tmp_path / "run"
@@ -395,17 +407,15 @@ def test_self_bleu_scores_the_configured_number_of_samples(monitor) -> None:
         (rule("real_ppl", "up", 0.2, against="reference"), "collapse.rules[0].against"),
     ],
 )
-def test_a_bad_rule_is_a_config_error_naming_its_key(reference, bad_rule: dict, key: str) -> None:
+def test_a_bad_rule_is_a_config_error_naming_its_key(make_config, bad_rule: dict, key: str) -> None:
     rules = yaml.safe_dump([bad_rule], default_flow_style=True)
     with pytest.raises(ConfigError, match=f"^{re.escape(key)}"):
-        load_config(reference.config_path, ["--collapse.rules", rules])
+        load_config(make_config(), ["--collapse.rules", rules])
 
 
-def test_the_unknown_indicator_error_lists_the_known_ones(reference) -> None:
+def test_the_unknown_indicator_error_lists_the_known_ones(make_config) -> None:
     with pytest.raises(ConfigError, match=r"unknown 'distinct_9' \(known: compression_ratio, distinct_1"):
-        load_config(
-            reference.config_path, ["--collapse.rules", "[{indicator: distinct_9, direction: down, threshold: 0.2}]"]
-        )
+        load_config(make_config(), ["--collapse.rules", "[{indicator: distinct_9, direction: down, threshold: 0.2}]"])
 
 
 @pytest.mark.parametrize(
@@ -417,9 +427,9 @@ def test_the_unknown_indicator_error_lists_the_known_ones(reference) -> None:
         (["--collapse.num_prompts", "0"], "collapse.num_prompts"),
     ],
 )
-def test_out_of_range_hook_settings_are_config_errors(reference, override: list[str], key: str) -> None:
+def test_out_of_range_hook_settings_are_config_errors(make_config, override: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=f"^{re.escape(key)}"):
-        load_config(reference.config_path, override)
+        load_config(make_config(), override)
 
 
 # ---------------------------------------------------------------------------------------------- evidence

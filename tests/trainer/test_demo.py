@@ -11,6 +11,8 @@ import yaml
 
 from synthmix.cli import main as synthmix
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).parents[2]
 
 

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_loop import QUICK, assert_same_training, interrupted_cli_run, run_config
+from test_loop import QUICK, assert_same_training, interrupted_cli_run
+from testkit import run_config
 
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.errors import DiskFullError
@@ -19,6 +20,8 @@ from synthmix.trainer.reporting.events import METRICS, read_events
 from synthmix.trainer.runtime.checkpoint import verify
 from synthmix.trainer.runtime.loop import finish, save_checkpoint, train
 from synthmix.trainer.runtime.setup import setup
+
+pytestmark = pytest.mark.slow
 
 DISK_MIB = 24
 

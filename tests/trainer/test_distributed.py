@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from testkit import subprocess_env
 
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.mixer import Mixer
@@ -69,11 +70,7 @@ def _torchrun(*args: str | Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
-    # The venv's console scripts (synthmix, accelerate), as an activated venv would have them.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("ACCELERATE_USE_CPU", None)  # the trainer itself must join torchrun's processes on a CPU machine
-    return env
+    return subprocess_env(CUDA_VISIBLE_DEVICES="")
 
 
 def _launch(*args: str | Path, command: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -116,8 +113,11 @@ def tiny_config(tmp_path_factory, tiny_arch) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_run(tiny_config: Path) -> Path:
-    """An uninterrupted two-process run through the CLI."""
-    return _train(tiny_config, tiny_config.parent / "reference")
+    """An uninterrupted two-process run, launched in the README's form: `torchrun --no-python synthmix train`."""
+    output_dir = tiny_config.parent / "reference"
+    torchrun = ["torchrun", "--standalone", f"--nproc_per_node={WORLD_SIZE}", "--no-python"]
+    _launch(command=[*torchrun, "synthmix", "train", "--config", str(tiny_config), "--output_dir", str(output_dir)])
+    return output_dir
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def full_fsdp_run(tiny_config: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mixers(tiny_config: Path, reference_run: Path) -> dict:
+def mixers(tiny_config: Path) -> dict:
     """The epoch plan built in this process for one rank, and each rank's share of it for two."""
     config = load_config(tiny_config)
     corpora = build_corpora(config.data, config.tokenizer).train
@@ -235,24 +235,16 @@ def test_each_rank_trains_on_exactly_its_share(probe_run: Path, mixers: dict):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "launcher",
-    [
-        ["torchrun", "--standalone", f"--nproc_per_node={WORLD_SIZE}", "--no-python"],
-        ["accelerate", "launch", "--multi_gpu", f"--num_processes={WORLD_SIZE}", "--no_python"],
-    ],
-    ids=["torchrun", "accelerate"],
-)
-def test_synthmix_train_itself_launches_under_torchrun_and_accelerate(
-    tiny_config: Path, reference_run: Path, launcher: list[str]
-):
-    """The README's forms `torchrun --no-python synthmix train` and `accelerate launch --no_python synthmix
-    train` run the same two-process job as `torchrun -m synthmix train`: one group, the same adapter, bit for bit."""
-    output_dir = tiny_config.parent / f"console-{launcher[0]}"
-    _launch(command=[*launcher, "synthmix", "train", "--config", str(tiny_config), "--output_dir", str(output_dir)])
-    [config] = _events(output_dir, "config")
-    assert (config["world_size"], config["distributed_type"]) == (WORLD_SIZE, "MULTI_CPU")
-    _assert_identical(_adapter(output_dir), _adapter(reference_run), f"{launcher[0]} vs torchrun -m synthmix train")
+def test_synthmix_train_under_accelerate_launch_is_the_same_job_as_under_torchrun(tiny_config: Path, reference_run):
+    """The README's `accelerate launch --no_python synthmix train` runs the job that `torchrun --no-python
+    synthmix train` (the reference run) runs: one group, the same adapter, bit for bit."""
+    output_dir = tiny_config.parent / "console-accelerate"
+    accelerate = ["accelerate", "launch", "--multi_gpu", f"--num_processes={WORLD_SIZE}", "--no_python"]
+    _launch(command=[*accelerate, "synthmix", "train", "--config", str(tiny_config), "--output_dir", str(output_dir)])
+    for run in (output_dir, reference_run):
+        [config] = _events(run, "config")
+        assert (config["world_size"], config["distributed_type"]) == (WORLD_SIZE, "MULTI_CPU")
+    _assert_identical(_adapter(output_dir), _adapter(reference_run), "accelerate launch vs torchrun")
 
 
 # ---------------------------------------------------------------------------------------------- gradients
@@ -448,6 +440,7 @@ def _joined_weights(shards: Path, scratch: Path) -> dict:
     return torch.load(whole, weights_only=True)["sharded"]["model"]
 
 
+@pytest.mark.slow
 def test_a_sharded_checkpoint_resumed_by_another_number_of_processes_is_refused_in_one_line(full_fsdp_run: Path):
     checkpoint = full_fsdp_run / "checkpoints" / "step-5"
     command = [sys.executable, "-m", "synthmix", "train", "--config", full_fsdp_run / "config.yaml"]

@@ -14,20 +14,12 @@ import pytest
 from synthmix.trainer.integrations import STATE_FILE, CollapseCallback
 from synthmix.trainer.reporting.events import METRICS, read_events
 
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
 TEXTS = [text[:300] for text in pydoc_data.topics.topics.values() if len(text) > 200]
 HELD_OUT, TRAIN = TEXTS[:4], TEXTS[4:44]
 HOOK = {"num_prompts": 4, "prompt_tokens": 8, "max_eval_texts": 4, "eval_seq_len": 64, "self_bleu_samples": 4,
         "sampling": {"max_new_tokens": 8, "batch_size": 4}}  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """TRL's SFTConfig turns bf16 on, and accelerate keeps one process-wide state: reset it after each test, or
-    the next synthmix run in this process would be refused a different mixed precision."""
-    yield
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def sft_trainer(tmp_path: Path, tiny_tokenizer, tiny_model, max_steps: int, **collapse):
@@ -49,6 +41,7 @@ def of(events: list[dict], kind: str) -> list[dict]:
     return [e for e in events if e["event"] == kind]
 
 
+@pytest.mark.slow
 def test_the_callback_evaluates_and_logs_like_a_synthmix_run(tmp_path: Path, tiny_tokenizer, tiny_model) -> None:
     rules = [{"indicator": "real_ppl", "direction": "down", "threshold": 0.0001, "action": "warn"}]
     trainer = sft_trainer(tmp_path, tiny_tokenizer, tiny_model, 5, every_steps=2, rules=rules)
@@ -66,6 +59,7 @@ def test_the_callback_evaluates_and_logs_like_a_synthmix_run(tmp_path: Path, tin
     assert [a["step"] for a in of(events, "alert")] == [2, 4, 5]  # training lowers real_ppl: the rule fires
 
 
+@pytest.mark.slow
 def test_a_stop_rule_stops_the_trainer(tmp_path: Path, tiny_tokenizer, tiny_model) -> None:
     rules = [{"indicator": "real_ppl", "direction": "down", "threshold": 0.0001, "action": "stop"}]
     trainer = sft_trainer(tmp_path, tiny_tokenizer, tiny_model, 8, every_steps=2, rules=rules)
@@ -73,6 +67,7 @@ def test_a_stop_rule_stops_the_trainer(tmp_path: Path, tiny_tokenizer, tiny_mode
     assert trainer.state.global_step == 2
 
 
+@pytest.mark.slow
 def test_a_resumed_trainer_keeps_the_baseline(tmp_path: Path, tiny_tokenizer, tiny_model) -> None:
     first = sft_trainer(tmp_path, tiny_tokenizer, tiny_model, 3)
     first.train()

@@ -26,6 +26,7 @@ import torch
 from dist_probe import record_pieces
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
+from testkit import run_config, subprocess_env
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import synthmix.trainer.runtime.loop as loop
@@ -65,11 +66,6 @@ CHECKPOINT_FOLDER = {
 TRAIN_FIELDS = {"loss", "loss_real", "loss_synthetic", "lr", "tokens_per_s"}
 
 
-def run_config(path: Path, output_dir: Path, *overrides: str) -> RunConfig:
-    """The run config of `path` writing into `output_dir`, with CLI-style overrides."""
-    return load_config(path, ["--output_dir", str(output_dir), *overrides])
-
-
 def main(argv: list[str]) -> int:
     """`synthmix train ARGS`, in process."""
     return synthmix(["train", *argv])
@@ -78,11 +74,6 @@ def main(argv: list[str]) -> int:
 def cli_command(*args: str) -> list[str]:
     """`python -m synthmix train ARGS` with this interpreter."""
     return [sys.executable, "-m", "synthmix", "train", *args]
-
-
-def cli_env() -> dict[str, str]:
-    """One thread, like the in-process runs (conftest.one_thread), so both compute the same numbers."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def train_events(events: list[dict]) -> list[dict]:
@@ -277,7 +268,7 @@ def interrupted_cli_run(
     (send it a signal, fill its disk), and return the run's exit code and its stderr."""
     proc = subprocess.Popen(
         cli_command("--config", str(config), "--output_dir", str(out)),
-        cwd=config.parent, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=config.parent, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         wait_for_train_step(proc, out / METRICS, step)
@@ -288,6 +279,7 @@ def interrupted_cli_run(
     return proc.returncode, stderr
 
 
+@pytest.mark.slow
 def test_run_killed_mid_training_resumes_to_the_identical_adapter(reference, tmp_path: Path) -> None:
     out = tmp_path / "run"
     total = reference.train_steps[-1]
@@ -310,6 +302,7 @@ def test_run_killed_mid_training_resumes_to_the_identical_adapter(reference, tmp
     assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == reference.adapter_bytes
 
 
+@pytest.mark.slow
 def test_resume_skips_a_checkpoint_killed_mid_write(reference, tmp_path: Path) -> None:
     out = tmp_path / "run"
     shutil.copytree(reference.output_dir, out)
@@ -513,6 +506,7 @@ def test_prompt_completion_data_trains_on_the_completions_only(make_config, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
+@pytest.mark.slow
 def test_cli_trains_and_prints_the_run_folder_and_a_second_start_into_it_is_one_line(
     make_config, tmp_path: Path
 ) -> None:
@@ -522,7 +516,12 @@ def test_cli_trains_and_prints_the_run_folder_and_a_second_start_into_it_is_one_
     args = ["--config", str(make_config(QUICK)), "--output_dir", str(out), "--train.max_steps", "3"]
     started = [
         subprocess.Popen(
-            cli_command(*args), cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            cli_command(*args),
+            cwd=REPO,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
@@ -539,9 +538,12 @@ def test_cli_trains_and_prints_the_run_folder_and_a_second_start_into_it_is_one_
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_cli_bad_key_exits_2_with_one_line_and_no_traceback(make_config, tmp_path: Path) -> None:
     args = ["--config", str(make_config()), "--output_dir", str(tmp_path / "run"), "--train.learnig_rate", "0.1"]
-    done = subprocess.run(cli_command(*args), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        cli_command(*args), cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2
     expected = "error: unknown key 'train.learnig_rate' (did you mean 'learning_rate'?)"
     assert done.stderr.strip().splitlines() == [expected]

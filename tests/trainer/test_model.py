@@ -76,6 +76,7 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(tiny_tokenizer, tiny_a
 
 
 # ---------------------------------------------------------------------------------------------- its tokenizer
+@pytest.mark.slow
 def test_a_pretrained_model_trains_with_its_own_tokenizer_when_none_is_named(
     make_config, base_model: Path, tmp_path: Path
 ) -> None:

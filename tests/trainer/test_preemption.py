@@ -8,13 +8,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_loop import (
-    assert_same_training,
-    interrupted_cli_run,
-    run_config,
-    step_of,
-    train_events,
-)
+from test_loop import assert_same_training, interrupted_cli_run, step_of, train_events
+from testkit import run_config
 
 from synthmix.trainer.reporting.events import METRICS, read_events
 from synthmix.trainer.runtime.checkpoint import find_checkpoint, verify
@@ -24,8 +19,9 @@ from synthmix.trainer.runtime.preemption import StopSignals
 EXIT_PREEMPTED = 75
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_a_preempted_run_checkpoints_exits_75_and_resumes_to_the_identical_adapter(
+def test_a_preempted_run_checkpoints_exits_75_and_after_sigterm_resumes_to_the_identical_adapter(
     reference, tmp_path: Path, sig: signal.Signals
 ) -> None:
     out = tmp_path / "run"
@@ -43,6 +39,8 @@ def test_a_preempted_run_checkpoints_exits_75_and_resumes_to_the_identical_adapt
     newest = find_checkpoint(out / "checkpoints", "latest")
     assert step_of(newest) == stopped_at and verify(newest) is None
     assert not (out / "adapter").exists()
+    if sig != signal.SIGTERM:
+        return  # the checkpoint is the same whichever signal asked for it: resumed once, after SIGTERM
 
     train(run_config(reference.config_path, out), resume="latest")
 

@@ -14,11 +14,6 @@ from synthmix.trainer.generation.sampling import GenerationError
 TEXTS = [text for text in pydoc_data.topics.topics.values() if len(text) > 200][:40]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_tokenizer):
-    return tiny_tokenizer
-
-
 def test_prompts_from_texts_is_seeded_and_skips_short_texts(tokenizer):
     texts = ["tiny", *TEXTS[:10], "x y"]
     prompts = prompts_from_texts(tokenizer, texts, n=6, prompt_tokens=8, seed=0)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_loop import QUICK, run_config
+from safetensors.torch import load_file
+from test_loop import QUICK
+from testkit import run_config
 
 from synthmix.errors import ConfigError
 from synthmix.trainer.config import LoraConfig, load_config
@@ -73,7 +75,12 @@ def test_an_8bit_base_trains(make_config, tmp_path: Path) -> None:
     finally:
         run.close()
     assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in run.unwrapped.modules())
-    assert (tmp_path / ADAPTER).is_file()
+    losses = [e["loss"] for e in read_events(tmp_path / METRICS) if e["event"] == "train"]
+    assert len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses)))
+    # peft starts every lora_B at zero: a non-zero one is an adapter that the quantized base's gradients moved.
+    saved = load_file(str(tmp_path / ADAPTER))
+    lora_b = [tensor for name, tensor in saved.items() if "lora_B" in name]
+    assert lora_b and all(tensor.abs().max() > 0 for tensor in lora_b)
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ def summary(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / SUMMARY).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_each_strategy_builds_its_mix_and_sums_up_every_generation(tmp_path: Path, base_model: Path) -> None:
     config_path = experiment_config(tmp_path, base_model)
     for strategy in ("replace", "accumulate", "fixed_real"):
@@ -105,6 +106,7 @@ def test_the_command_line_reports_bad_input_in_one_line(
     assert "did you mean" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_replace_drifts_from_the_real_data_while_accumulate_stays_close(tmp_path: Path, base_model: Path) -> None:
     """The literature's result, reduced, judged on the mean of 3 seeds: over generations `replace` loses the real
     distribution (real_ppl up, samples less diverse and further from the real token distribution than
@@ -149,6 +151,7 @@ def test_the_adaptive_share_halves_after_each_generation_with_an_alert(fired: li
     assert adaptive_share(fired, 0.8) == pytest.approx(0.8 ** sum(fired))
 
 
+@pytest.mark.slow
 def test_adaptive_trains_each_generation_at_the_share_its_alerts_decided(tmp_path: Path, base_model: Path) -> None:
     """Whatever fires, each generation's mix follows the policy: generation 1 is all synthetic, and each later
     one is the share before it, halved when a rule fired in the generation before."""

@@ -122,6 +122,7 @@ def test_cli_missing_metrics_exits_2_naming_the_file(tmp_path, capsys):
     assert str(tmp_path / "empty" / "metrics.jsonl") in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_bad_json_line_exits_2_with_its_line_number(tmp_path):
     run = write_run(tmp_path / "run")
     with (run / "metrics.jsonl").open("a") as f:
@@ -135,6 +136,7 @@ def test_cli_bad_json_line_exits_2_with_its_line_number(tmp_path):
     assert f"{run / 'metrics.jsonl'}:{line}: not valid JSON" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_screenshot_shows_a_rendered_page(single_report, tmp_path):
     import matplotlib.image

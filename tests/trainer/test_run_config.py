@@ -7,6 +7,7 @@ refuses two test modules with one name.)
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,11 @@ def test_every_shipped_config_loads_and_opens_with_the_command_that_runs_it(path
     assert any("synthmix " in line and f"--config configs/{path.name}" in line for line in header)
 
 
-def test_shipped_configs_are_found() -> None:
-    assert "tiny.yaml" in [p.name for p in SHIPPED]
+def test_every_run_config_the_docs_name_ships_and_loads() -> None:
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    named = {m for page in pages for m in re.findall(r"configs/([\w-]+\.yaml)", page.read_text())}
+    assert {"tiny.yaml", "chat-sft.yaml", "demo.yaml"} <= named  # the pages the test reads are the right ones
+    assert named <= {p.name for p in SHIPPED}, f"named but not shipped: {named - {p.name for p in SHIPPED}}"
 
 
 def test_a_config_maps_onto_the_dataclasses_and_overrides_win(tmp_path: Path) -> None:

@@ -24,11 +24,6 @@ WIDER = {
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_tokenizer):
-    return tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
 def model(tiny_tokenizer, tiny_model):
     return tiny_model(tiny_tokenizer, **WIDER)
 

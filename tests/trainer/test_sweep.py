@@ -16,6 +16,8 @@ from synthmix.trainer.collapse.indicators import relative_change
 from synthmix.trainer.experiments.sweep import DEFAULT_TOLERANCES, breaks_tolerance, verdict
 from synthmix.trainer.reporting.events import METRICS, read_events
 
+pytestmark = pytest.mark.slow
+
 
 def rows(values: dict[float, list[dict[str, float]]]) -> list[dict]:
     """Recorded final evals: {ratio: [indicators of seed 0, of seed 1, ...]}."""

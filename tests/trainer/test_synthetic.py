@@ -16,11 +16,6 @@ SAMPLE = SamplingConfig(max_new_tokens=12, batch_size=5, seed=1)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_tokenizer):
-    return tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
 def model(tiny_tokenizer, tiny_model):
     return tiny_model(tiny_tokenizer)
 

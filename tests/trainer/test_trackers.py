@@ -19,6 +19,8 @@ from synthmix.trainer.config import load_config
 from synthmix.trainer.reporting.events import METRICS, TRACKER_IDS, read_events
 from synthmix.trainer.runtime.loop import train
 
+pytestmark = pytest.mark.slow
+
 RULE = "[{indicator: real_ppl, direction: down, threshold: 0.0001, action: warn}]"
 
 

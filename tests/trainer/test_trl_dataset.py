@@ -23,6 +23,8 @@ from synthmix.trainer.config import load_config
 from synthmix.trainer.integrations import attach_stream
 from synthmix.trainer.reporting.events import METRICS, read_events
 
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
 REPO = Path(__file__).resolve().parents[2]
 RATIO, BATCH, STEPS_SAVED = 0.3, 4, 10
 
@@ -33,16 +35,6 @@ def mix(tmp_path_factory: pytest.TempPathFactory, write_tiny_config) -> tuple[An
     path = write_tiny_config(tmp_path_factory.mktemp("trl-dataset"))
     config = load_config(path, ["--output_dir", str(path.parent / "run"), "--train.report_to", "[none]"])
     return config, build_corpora(config.data, config.tokenizer)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """TRL's SFTConfig turns bf16 on, and accelerate keeps one process-wide state: reset it after each test, or
-    the next synthmix run in this process would be refused a different mixed precision."""
-    yield
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def stream_of(mix: tuple[Any, Any], data: Any = None, **changes: Any) -> MixedStream:
@@ -188,6 +180,7 @@ def epochs_logged(trainer) -> list[dict[str, Any]]:
     return [{k: v for k, v in e.items() if k != "time"} for e in events if e["event"] == "epoch"]
 
 
+@pytest.mark.slow
 def test_sft_trainer_receives_the_configured_ratio(uninterrupted) -> None:
     trainer, stream = uninterrupted
     assert trainer.state.global_step == stream.total_steps() == len(trainer.seen)
@@ -205,6 +198,7 @@ def test_sft_trainer_receives_the_configured_ratio(uninterrupted) -> None:
     assert logged[0]["tokens_real"] == int((first_epoch == 0).sum())
 
 
+@pytest.mark.slow
 def test_resuming_the_sft_checkpoint_continues_the_stream(uninterrupted, mix, tmp_path, tiny_model) -> None:
     first, _ = uninterrupted
     checkpoint = Path(first.args.output_dir) / f"checkpoint-{STEPS_SAVED}"
@@ -249,6 +243,7 @@ def test_attach_stream_refuses_settings_that_would_break_the_exact_mix(mix, tmp_
         attach_stream(trainer, stream)
 
 
+@pytest.mark.slow
 def test_synthmix_sft_trains_with_the_collapse_callback(
     mix, tmp_path: Path, write_tiny_config, capsys: pytest.CaptureFixture[str]
 ) -> None:

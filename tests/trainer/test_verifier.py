@@ -69,6 +69,7 @@ def verifier_config(tmp_path: Path, base: Path, synthetic: Path, **verifier: obj
     return path
 
 
+@pytest.mark.slow
 def test_the_verifier_drops_what_the_base_model_finds_unlikely_and_caches_it(
     tmp_path: Path, base_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,6 +97,7 @@ def test_the_verifier_drops_what_the_base_model_finds_unlikely_and_caches_it(
     assert [r.unverified for r in again.reports] == [r.unverified for r in corpora.reports]
 
 
+@pytest.mark.slow
 def test_a_source_the_verifier_empties_is_an_error_that_says_so(tmp_path: Path, base_model: Path) -> None:
     write_synthetic(tmp_path / "synthetic.jsonl")
     config = load_config(verifier_config(tmp_path, base_model, tmp_path / "synthetic.jsonl", max_ppl=1.0001))
@@ -103,6 +105,7 @@ def test_a_source_the_verifier_empties_is_an_error_that_says_so(tmp_path: Path, 
         build_corpora(config.data, config.tokenizer, base_model=config.model.name)
 
 
+@pytest.mark.slow
 def test_bad_verifier_settings_are_one_line_errors(tmp_path: Path, base_model: Path) -> None:
     write_synthetic(tmp_path / "synthetic.jsonl")
     path = verifier_config(tmp_path, base_model, tmp_path / "synthetic.jsonl")
@@ -117,6 +120,7 @@ def test_bad_verifier_settings_are_one_line_errors(tmp_path: Path, base_model: P
         build_corpora(config.data, config.tokenizer, base_model=config.model.name)
 
 
+@pytest.mark.slow
 def test_inspect_describes_the_verifier_with_or_without_real_text_scored(
     tmp_path: Path, base_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
