@@ -18,13 +18,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/synthmix demo
 
-# Two workers (this machine's two cores), a test file each at a time, so a file's fixtures are built once.
+# Two workers (this machine's two cores), a test file each at a time, so a file's fixtures are built once; the
+# files in the order tests/conftest.py gives them (the longest first), not xdist's (the most tests first).
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest $(XDIST)
 
 # The lane to run while working: every test not marked slow (end-to-end runs: launches, subprocesses, sweeps).
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(PY) -m pytest $(XDIST) -m "not slow"
 
 # ruff, then the layers of pyproject.toml's import-linter contract (scripts/check_layers.py).
 lint: $(STAMP)

@@ -356,10 +356,12 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
     load_bitsandbytes_only_to_quantize(False)  # sampling loads no quantized model
     from synthmix.data_mixers.config import SourceConfig
     from synthmix.data_mixers.sources import load_source
+
+    # The prompts first: a file that is missing or malformed is named before the model libraries load.
+    prompts = load_source(SourceConfig(name="prompts", path=str(args.prompts), text_field=args.text_field))
     from synthmix.trainer.generation.corpus import generate_corpus
     from synthmix.trainer.modeling.model import load_for_sampling
 
-    prompts = load_source(SourceConfig(name="prompts", path=str(args.prompts), text_field=args.text_field))
     model, tokenizer = load_for_sampling(
         args.model, args.tokenizer or args.model, args.adapter, args.trust_remote_code, args.device
     )

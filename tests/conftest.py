@@ -16,15 +16,28 @@ from synthmix.data_mixers.tokenizer import train_bpe
 
 LONGEST_FIRST = (
     "tests/trainer/test_distributed.py",
-    "tests/bench/test_bench_trainer.py",
-    "tests/configs/test_ready_configs.py",
     "tests/trainer/test_collapse.py",
-    "tests/trainer/test_recursive.py",
-    "tests/trainer/test_trackers.py",
+    "tests/bench/test_bench_trainer.py",
     "tests/trainer/test_sweep.py",
+    "tests/configs/test_ready_configs.py",
+    "tests/trainer/test_trackers.py",
+    "tests/trainer/test_recursive.py",
+    "tests/docs/test_docs.py",
+    "tests/trainer/test_loop.py",
+    "tests/synthmix/test_wheel.py",
+    "tests/synthmix/test_cli.py",
+    "tests/trainer/test_preemption.py",
+    "tests/examples/test_sft_example.py",
+    "tests/trainer/test_demo.py",
+    "tests/trainer/test_report.py",
+    "tests/trainer/test_integrations.py",
+    "tests/trainer/test_disk_full.py",
+    "tests/bench/test_bench_stream.py",
+    "tests/trainer/test_trl_dataset.py",
 )
-"""The files that take a minute or more (pytest --durations): started first, so that `make test`'s two workers,
-which take a file at a time in collection order, end together instead of one waiting on the longest file."""
+"""The files that take 15 s or more of a worker's time (pytest --durations), longest first: `make test` runs with
+--no-loadscope-reorder, so its two workers take files in this order (xdist would otherwise order files by their
+number of tests and leave the one-test end-to-end files, a benchmark's two minutes among them, for the end)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

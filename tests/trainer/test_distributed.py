@@ -10,7 +10,6 @@ Also here: every launch config under configs/accelerate/ parses the way `acceler
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ import yaml
 from safetensors.torch import load_file
 from testkit import subprocess_env
 
+from synthmix.cli import main as synthmix
 from synthmix.data_mixers.corpus import build_corpora
 from synthmix.data_mixers.mixer import Mixer
 from synthmix.trainer.config import load_config
@@ -113,10 +113,12 @@ def tiny_config(tmp_path_factory, tiny_arch) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_run(tiny_config: Path) -> Path:
-    """An uninterrupted two-process run, launched in the README's form: `torchrun --no-python synthmix train`."""
+    """An uninterrupted two-process run, launched in the README's form `accelerate launch --multi_gpu
+    --num_processes 2 --no_python synthmix train` (the preemption and resume runs launch with torchrun)."""
     output_dir = tiny_config.parent / "reference"
-    torchrun = ["torchrun", "--standalone", f"--nproc_per_node={WORLD_SIZE}", "--no-python"]
-    _launch(command=[*torchrun, "synthmix", "train", "--config", str(tiny_config), "--output_dir", str(output_dir)])
+    accelerate = ["accelerate", "launch", "--multi_gpu", f"--num_processes={WORLD_SIZE}", "--no_python"]
+    train = ["synthmix", "train", "--config", tiny_config, "--output_dir", output_dir, "--checkpoint.keep_last", "10"]
+    _launch(command=list(map(str, [*accelerate, *train])))
     return output_dir
 
 
@@ -183,6 +185,7 @@ def test_two_process_run_writes_one_complete_run_folder(reference_run: Path):
         assert (reference_run / path).is_file(), path
     assert list((reference_run / "checkpoints").glob("step-*"))
     configs = _events(reference_run, "config")
+    assert [c["distributed_type"] for c in configs] == ["MULTI_CPU"]
     assert [c["world_size"] for c in configs] == [WORLD_SIZE], (
         "torchrun's processes did not form one group: each trained alone on all the data, into the same folder"
     )
@@ -232,19 +235,6 @@ def test_each_rank_trains_on_exactly_its_share(probe_run: Path, mixers: dict):
                 assert start == 0, f"rank {rank}: {source}[{index}] resumes at {start} out of order"
                 seen.append([source, index, length])
         assert [tuple(e) for e in seen] == _entries(corpora, mixer.shard_plan(1)), f"rank {rank}"
-
-
-@pytest.mark.slow
-def test_synthmix_train_under_accelerate_launch_is_the_same_job_as_under_torchrun(tiny_config: Path, reference_run):
-    """The README's `accelerate launch --no_python synthmix train` runs the job that `torchrun --no-python
-    synthmix train` (the reference run) runs: one group, the same adapter, bit for bit."""
-    output_dir = tiny_config.parent / "console-accelerate"
-    accelerate = ["accelerate", "launch", "--multi_gpu", f"--num_processes={WORLD_SIZE}", "--no_python"]
-    _launch(command=[*accelerate, "synthmix", "train", "--config", str(tiny_config), "--output_dir", str(output_dir)])
-    for run in (output_dir, reference_run):
-        [config] = _events(run, "config")
-        assert (config["world_size"], config["distributed_type"]) == (WORLD_SIZE, "MULTI_CPU")
-    _assert_identical(_adapter(output_dir), _adapter(reference_run), "accelerate launch vs torchrun")
 
 
 # ---------------------------------------------------------------------------------------------- gradients
@@ -441,13 +431,13 @@ def _joined_weights(shards: Path, scratch: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_a_sharded_checkpoint_resumed_by_another_number_of_processes_is_refused_in_one_line(full_fsdp_run: Path):
+def test_a_sharded_checkpoint_resumed_by_another_number_of_processes_is_refused_in_one_line(
+    full_fsdp_run: Path, capsys: pytest.CaptureFixture[str]
+):
     checkpoint = full_fsdp_run / "checkpoints" / "step-5"
-    command = [sys.executable, "-m", "synthmix", "train", "--config", full_fsdp_run / "config.yaml"]
-    overrides = ["--output_dir", full_fsdp_run.parent / "one-process", "--resume", checkpoint]
-    done = subprocess.run([*map(str, command + overrides)], cwd=ROOT, env=_env(), capture_output=True, text=True)
-    assert done.returncode == 2, done.stderr[-3000:]
-    [line] = done.stderr.strip().splitlines()
+    args = ["--config", full_fsdp_run / "config.yaml", "--output_dir", full_fsdp_run.parent / "one-process"]
+    assert synthmix(["train", *map(str, args), "--resume", str(checkpoint)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
     assert f"checkpoint {checkpoint} was written by 2 processes; this launch has 1" in line
 
 
@@ -485,71 +475,31 @@ def _text(run_dir: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- resume
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers in /proc")
-def test_resume_after_sigkill_matches_the_uninterrupted_run(tiny_config: Path, reference_run: Path):
+def test_a_run_killed_between_checkpoints_resumes_under_torchrun_to_the_uninterrupted_adapter(
+    tiny_config: Path, reference_run: Path
+):
+    """What a SIGKILL after the checkpoint of step 10 leaves, taken from the uninterrupted run's folder (its
+    events logged past step 10, a checkpoint half-written at step 15, no adapter), resumed in the README's
+    torchrun form `torchrun --no-python synthmix train`: the reference ran under accelerate launch, so this also
+    shows the two launchers train the same job. (A live SIGKILL mid-write: tests/trainer/test_loop.py.)"""
     output_dir = tiny_config.parent / "killed"
-    checkpoints = output_dir / "checkpoints"
-    with open(tiny_config.parent / "killed.log", "w") as log:
-        torchrun = subprocess.Popen(
-            _torchrun("-m", "synthmix", "train", "--config", tiny_config, "--output_dir", output_dir),
-            cwd=ROOT,
-            env=_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-            while not list(checkpoints.glob("step-*")):
-                assert torchrun.poll() is None, "the run ended before its first checkpoint"
-                assert time.monotonic() < deadline, "no checkpoint in time"
-                time.sleep(0.005)
-        finally:
-            _kill(torchrun)
-    assert not (output_dir / "adapter").exists(), "the run finished before it could be killed"
+    later = {p.name for p in (reference_run / "checkpoints").glob("step-*") if int(p.name[5:]) > 10}
+    left_out = {reference_run: {"adapter", "merged"}, reference_run / "checkpoints": later}
+    shutil.copytree(reference_run, output_dir, ignore=lambda folder, names: left_out.get(Path(folder), set()))
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step-10", "step-5"]
+    half_written = output_dir / "checkpoints" / ".step-15.tmp-1234-abcdef12"
+    shutil.copytree(reference_run / "checkpoints" / "step-15", half_written)
+    (half_written / "manifest.json").unlink()
 
-    _train(tiny_config, output_dir, "--resume", "latest")
+    torchrun = ["torchrun", "--standalone", f"--nproc_per_node={WORLD_SIZE}", "--no-python"]
+    train = ["synthmix", "train", "--config", tiny_config, "--output_dir", output_dir, "--resume", "latest"]
+    _launch(command=list(map(str, [*torchrun, *train])))
 
     [resumed] = _events(output_dir, "resume")
-    [end] = _events(reference_run, "end")
-    assert 0 < resumed["step"] < end["step"]
-    _assert_identical(_adapter(output_dir), _adapter(reference_run), "resumed vs uninterrupted")
+    assert resumed["step"] == 10 and not half_written.exists()
+    _assert_identical(_adapter(output_dir), _adapter(reference_run), "resumed under torchrun vs accelerate launch")
     tokens = lambda run: [(e["tokens_real"], e["tokens_synthetic"]) for e in _events(run, "epoch")]  # noqa: E731
     assert tokens(output_dir) == tokens(reference_run)
-
-
-def _kill(torchrun: subprocess.Popen) -> None:
-    """SIGKILL torchrun and its workers: it starts each worker in a session of its own, so killing torchrun's
-    process group alone would leave them training."""
-    workers = _children(torchrun.pid)
-    for pgid in (torchrun.pid, *workers):
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    torchrun.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------- launch configs

@@ -16,8 +16,6 @@ from synthmix.trainer.collapse.indicators import relative_change
 from synthmix.trainer.experiments.sweep import DEFAULT_TOLERANCES, breaks_tolerance, verdict
 from synthmix.trainer.reporting.events import METRICS, read_events
 
-pytestmark = pytest.mark.slow
-
 
 def rows(values: dict[float, list[dict[str, float]]]) -> list[dict]:
     """Recorded final evals: {ratio: [indicators of seed 0, of seed 1, ...]}."""
@@ -100,6 +98,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, write_tiny_config) -> Path:
     return root / "s"
 
 
+@pytest.mark.slow
 def test_every_run_trains_the_same_number_of_steps_and_ends_with_an_eval(swept: Path) -> None:
     result = json.loads((swept / "verdict.json").read_text())
     steps = result["steps"]
@@ -118,6 +117,7 @@ def test_every_run_trains_the_same_number_of_steps_and_ends_with_an_eval(swept: 
     assert [r["action"] for r in config["collapse"]["rules"]] == ["warn"]
 
 
+@pytest.mark.slow
 def test_the_verdict_and_the_page_are_written(swept: Path) -> None:
     result = json.loads((swept / "verdict.json").read_text())
     assert set(result) >= {"safe_ratio", "limited_by", "tolerances", "message", "per_ratio", "steps", "seeds"}
@@ -131,6 +131,7 @@ def test_the_verdict_and_the_page_are_written(swept: Path) -> None:
     assert page.count("data:image/png;base64,") >= 2 * 3  # every indicator: against the ratio, and overlaid
 
 
+@pytest.mark.slow
 def test_a_second_sweep_skips_finished_runs_and_resumes_an_interrupted_one(
     swept: Path, tmp_path: Path, write_tiny_config
 ) -> None:
@@ -158,6 +159,7 @@ def test_a_second_sweep_skips_finished_runs_and_resumes_an_interrupted_one(
     assert json.loads((run_dir / "verdict.json").read_text()) == json.loads((swept / "verdict.json").read_text())
 
 
+@pytest.mark.slow
 def test_runs_side_by_side_in_processes_give_the_same_sweep(swept: Path, tmp_path: Path, write_tiny_config) -> None:
     config = write_tiny_config(tmp_path, REPEAT)
     run_dir = tmp_path / "parallel"

@@ -19,8 +19,6 @@ from synthmix.trainer.config import load_config
 from synthmix.trainer.reporting.events import METRICS, TRACKER_IDS, read_events
 from synthmix.trainer.runtime.loop import train
 
-pytestmark = pytest.mark.slow
-
 RULE = "[{indicator: real_ppl, direction: down, threshold: 0.0001, action: warn}]"
 
 
@@ -50,6 +48,7 @@ def of(events: list[dict], kind: str) -> list[dict]:
     return [e for e in events if e["event"] == kind]
 
 
+@pytest.mark.slow
 def test_tensorboard_recorded_every_step_metric_and_eval_indicator(tracked: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -63,6 +62,7 @@ def test_tensorboard_recorded_every_step_metric_and_eval_indicator(tracked: Path
     assert [s.step for s in board.Scalars("alert/value")] == [a["step"] for a in of(events, "alert")]
 
 
+@pytest.mark.slow
 def test_mlflow_recorded_the_metrics_and_the_config_as_parameters(
     tracked: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -88,6 +88,7 @@ def test_mlflow_recorded_the_metrics_and_the_config_as_parameters(
     assert params["lora.target_modules"] == '["q_proj", "k_proj", "v_proj", "o_proj"]'
 
 
+@pytest.mark.slow
 def test_mlflow_with_no_variable_writes_its_default_store_in_the_working_directory(
     tmp_path: Path, make_config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,6 +112,7 @@ def test_mlflow_with_no_variable_writes_its_default_store_in_the_working_directo
     assert config["trackers"]["mlflow"].startswith(f"run {run.info.run_id} of experiment 'synthmix' in {store}")
 
 
+@pytest.mark.slow
 def test_wandb_ran_offline_into_the_run_folder_and_each_resume_continued_its_run(tracked: Path) -> None:
     # wandb 0.31 reads its offline run files only from its Go core, so only the run's own files are checked here.
     starts = sorted((tracked / "run" / "wandb").glob("offline-run-*"))  # offline-run-TIME-ID[-N], one per start
@@ -120,6 +122,7 @@ def test_wandb_ran_offline_into_the_run_folder_and_each_resume_continued_its_run
     assert record.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_wandb_without_a_login_is_one_line_saying_how_to_log_in_or_run_offline(tmp_path: Path, make_config) -> None:
     """A fresh process on a machine never logged in to W&B (no variable, no ~/.netrc, no W&B settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -133,6 +136,7 @@ def test_wandb_without_a_login_is_one_line_saying_how_to_log_in_or_run_offline(t
     assert line.endswith("log in with `wandb login` (or set WANDB_API_KEY), or run offline with WANDB_MODE=offline")
 
 
+@pytest.mark.slow
 def test_none_logs_to_metrics_jsonl_only(tmp_path: Path, make_config) -> None:
     overrides = ["--output_dir", str(tmp_path / "run"), "--train.max_steps", "2", "--train.report_to", "[none]"]
     train(load_config(make_config(), overrides))
