@@ -100,9 +100,9 @@ def atomic_folder(path: Path | str, replace: bool = True) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(path)
-    temporary.mkdir()
     try:
         with disk_full_is_an_error(path):
+            temporary.mkdir()
             yield temporary
             fsync_tree(temporary)
         _move_into_place(temporary, path, replace)

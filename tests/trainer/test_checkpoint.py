@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
+import pickle
 import random
 import re
 import tempfile
@@ -286,3 +288,42 @@ def test_a_full_disk_while_writing_shards_is_one_line_and_leaves_nothing(acceler
     with pytest.raises(DiskFullError, match=r"no space left on device while writing .*step-3"):
         save(accelerator, tmp_path, 3, parts=[*parts(), sharded_part(torch.ones(2), 0.1)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sharded_metadata_file_holding_a_pickled_call_is_refused_before_it_runs(accelerator, tmp_path) -> None:
+    checkpointer = Checkpointer(tmp_path / "checkpoints", accelerator, keep_last=2)
+    path = checkpointer.save(2, [sharded_part(torch.ones(2), 0.1)], META, {})
+    marker = tmp_path / "made-by-the-checkpoint"
+
+    class Planted:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    (path / "sharded" / ".metadata").write_bytes(pickle.dumps(Planted()))
+    with pytest.raises(TrainerError, match=r"sharded does not load \(it holds posix.mkdir, which torch.load"):
+        checkpointer.restore(path, [sharded_part(torch.zeros(2), 0.0)], META, {})
+    assert not marker.exists()
+
+
+def test_shards_missing_from_the_main_process_view_are_not_sealed(accelerator, tmp_path, monkeypatch) -> None:
+    """What a run folder that the nodes do not share looks like from the main process: another rank's file is
+    not there. The checkpoint is not sealed, and nothing is left behind."""
+    write_shards = Checkpointer._write_shards
+
+    def on_another_disk(self, step, parts):
+        shards = write_shards(self, step, parts)
+        if shards is not None:
+            (shards.folder / "sharded" / "__0_0.distcp").unlink()
+        return shards
+
+    monkeypatch.setattr(Checkpointer, "_write_shards", on_another_disk)
+    with pytest.raises(TrainerError, match=r"sharded/__0_0.distcp and 0 more are missing.*every node\) sees"):
+        save(accelerator, tmp_path, 3, parts=[*parts(), sharded_part(torch.ones(2), 0.1)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_of_another_sharding_names_what_it_lacks(accelerator, tmp_path) -> None:
+    checkpointer = Checkpointer(tmp_path, accelerator, keep_last=2)
+    whole = checkpointer.save(1, parts(), META, {})
+    with pytest.raises(TrainerError, match=r"has no sharded: .*full fine-tuning under FSDP2 writes sharded/"):
+        checkpointer.restore(whole, [sharded_part(torch.zeros(2), 0.0)], META, {})

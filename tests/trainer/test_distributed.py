@@ -1,10 +1,12 @@
-"""Two processes on CPU (torchrun, gloo): disjoint shards, the global ratio, synchronized adapters, resume.
+"""Two processes on CPU (gloo): disjoint shards, the global ratio, synchronized adapters, resume.
 
 `accelerate launch --cpu --num_processes 2` starts a single process on a machine without MPI, so these tests
-launch `torchrun --standalone --nproc_per_node 2` (the same launcher `accelerate launch --multi_gpu` uses).
-FSDP2 runs as the README launches it, `accelerate launch --config_file configs/accelerate/fsdp.yaml`, and
-resumes under torchrun with `--train.sharding fsdp2`. Preemption: SIGTERM to torchrun, which passes it on.
-Also here: every launch config under configs/accelerate/ parses the way `accelerate launch` reads it.
+launch `accelerate launch --multi_gpu --num_processes 2` (which starts torchrun's launcher) or
+`torchrun --standalone --nproc_per_node 2` directly: the reference run in the README's accelerate form, a resume
+in its torchrun form. FSDP2 runs as the README launches it, `accelerate launch --config_file
+configs/accelerate/fsdp.yaml` (LoRA, and full fine-tuning with sharded checkpoints), and resumes under torchrun
+with `--train.sharding fsdp2`. Preemption: SIGTERM to torchrun, which passes it on. Also here: every launch
+config under configs/accelerate/ parses the way `accelerate launch` reads it.
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def test_two_process_run_writes_one_complete_run_folder(reference_run: Path):
     configs = _events(reference_run, "config")
     assert [c["distributed_type"] for c in configs] == ["MULTI_CPU"]
     assert [c["world_size"] for c in configs] == [WORLD_SIZE], (
-        "torchrun's processes did not form one group: each trained alone on all the data, into the same folder"
+        "the launched processes did not form one group: each trained alone on all the data, into the same folder"
     )
     assert len(_events(reference_run, "end")) == 1
 
@@ -431,6 +433,7 @@ def _joined_weights(shards: Path, scratch: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fresh_accelerate_state")  # a run in this process: leave accelerate's state as found
 def test_a_sharded_checkpoint_resumed_by_another_number_of_processes_is_refused_in_one_line(
     full_fsdp_run: Path, capsys: pytest.CaptureFixture[str]
 ):

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from accelerate.utils import broadcast_object_list, gather_object
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.stateful import Stateful
@@ -117,6 +118,27 @@ class Part:
 
 
 @dataclasses.dataclass(frozen=True)
+class Shards:
+    """Where the processes wrote their shards before the checkpoint is sealed, and the files each part's
+    torch.distributed.checkpoint metadata says were written (relative to the part's folder)."""
+
+    folder: Path
+    files: dict[str, set[str]]
+
+    def check_complete(self) -> None:
+        """Every shard file is here (on the main process): a run folder that the processes do not share (nodes
+        with their own disks) would otherwise seal a checkpoint that cannot be loaded."""
+        for name, expected in self.files.items():
+            missing = sorted(f for f in expected if not (self.folder / name / f).is_file())
+            if missing:
+                raise TrainerError(
+                    f"the shards of the checkpoint in {self.folder.parent} are not all there ({name}/{missing[0]} "
+                    f"and {len(missing) - 1} more are missing): with a sharded full fine-tune every process writes "
+                    "its own; put output_dir on a file system every process (every node) sees"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
 class Restored:
     """What a resume found: where it came from and which settings differ from the checkpoint's."""
 
@@ -144,13 +166,17 @@ class Checkpointer:
         config) goes into the manifest, `files` are copied in as they are. Returns the folder."""
         shards = self._write_shards(step, [part for part in parts if part.sharded])
         gathered = [part for part in parts if not part.sharded]
-        states = {part.name: self._state_of(part) for part in gathered}
-        final = self.root / f"step-{step}"
-        on_main_process(self.accelerator, lambda: self._write(step, gathered, states, shards, meta, files))
+        try:
+            states = {part.name: self._state_of(part) for part in gathered}
+            final = self.root / f"step-{step}"
+            on_main_process(self.accelerator, lambda: self._write(step, gathered, states, shards, meta, files))
+        finally:  # sealed, the shards were moved into the checkpoint; otherwise they go with the failure
+            if shards is not None and self.accelerator.is_main_process:
+                shutil.rmtree(shards.folder, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return final
 
-    def _write_shards(self, step: int, parts: list[Part]) -> Path | None:
+    def _write_shards(self, step: int, parts: list[Part]) -> Shards | None:
         """Every process writes its shards of `parts` into one temporary folder that the main process names (the
         folders must be on a file system every process sees); None when no part is sharded."""
         if not parts:
@@ -159,36 +185,41 @@ class Checkpointer:
         # A temporary name: a crash before the checkpoint is sealed leaves it to remove_temporaries.
         staging = [str(temporary_sibling(self.root / f"step-{step}")) if self.accelerator.is_main_process else ""]
         broadcast_object_list(staging)
-        folder = Path(staging[0])
+        shards = Shards(Path(staging[0]), {})
         try:
-            with disk_full_is_an_error(folder):
+            with disk_full_is_an_error(shards.folder):
                 for part in parts:
                     try:
-                        dcp.save({part.name: part.obj}, checkpoint_id=folder / part.name)
+                        written = dcp.save({part.name: part.obj}, checkpoint_id=shards.folder / part.name)
                     except CheckpointException as err:  # every process raises it, with the failing ranks' errors
-                        raise _first_failure(err) from None  # a full disk is then the usual one line
+                        cause = _first_failure(err)
+                        if isinstance(cause, OSError):
+                            raise cause from None  # a full disk is then the usual one line
+                        raise cause from err
+                    shards.files[part.name] = {info.relative_path for info in (written.storage_data or {}).values()}
         except BaseException:
             if self.accelerator.is_main_process:
-                shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(shards.folder, ignore_errors=True)
             raise
         self.accelerator.wait_for_everyone()
-        return folder
+        return shards
 
     def _write(
         self,
         step: int,
         parts: list[Part],
         states: dict[str, Any],
-        shards: Path | None,
+        shards: Shards | None,
         meta: dict[str, Any],
         files: dict[str, Path],
     ) -> None:
+        if shards is not None:
+            shards.check_complete()
         # Pruning comes after the new checkpoint is sealed: a full disk leaves the older ones as they were.
         with atomic_folder(self.root / f"step-{step}") as folder:
             if shards is not None:
-                for written in shards.iterdir():
+                for written in shards.folder.iterdir():
                     written.replace(folder / written.name)
-                shards.rmdir()
             for part in parts:
                 part.codec.write(folder / part.filename, states[part.name])
             for name, source in files.items():
@@ -250,15 +281,49 @@ class Checkpointer:
 def load_shards(path: Path, part: Part) -> None:
     """Read this process's shards of `part` from the folder torch.distributed.checkpoint wrote (collective)."""
     try:
-        dcp.load({part.name: part.obj}, checkpoint_id=path, planner=_SafeLoadPlanner())
-    except CheckpointException as err:
-        cause = _first_failure(err)
-        if isinstance(cause, pickle.UnpicklingError):
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(cause))
-            reason = f"it holds {found[1] if found else 'an object'}, which torch.load(weights_only=True) refuses"
+        dcp.load(
+            {part.name: part.obj}, checkpoint_id=path, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner()
+        )
+    except (CheckpointException, pickle.UnpicklingError) as err:
+        cause = _first_failure(err) if isinstance(err, CheckpointException) else err
+        if isinstance(cause, TrainerError):
+            raise cause from None
+        # A refused global may come wrapped (torch.distributed.checkpoint retries a metadata read and asserts).
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(cause))
+        if found:
+            reason = f"it holds {found[1]}, which torch.load(weights_only=True) refuses"
         else:
             reason = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
         raise TrainerError(f"checkpoint {path} does not load ({reason})") from None
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds what torch.distributed.checkpoint's `.metadata` holds (its own dataclasses, torch sizes, dtypes and
+    layouts, paths) and refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        allowed = (
+            (module.startswith("torch.distributed.checkpoint.") and isinstance(found, type))
+            or (module == "torch" and (found is torch.Size or isinstance(found, torch.dtype)))
+            or (module == "torch.serialization" and name == "_get_layout")
+            or (module == "pathlib" and name in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"))
+            or (module == "collections" and name == "OrderedDict")
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+        return found
+
+
+class _SafeReader(FileSystemReader):
+    """torch.distributed.checkpoint's file reader, whose `.metadata` (a pickle it loads unrestricted) is first
+    read with `_MetadataUnpickler`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        rank = kwargs.get("rank")
+        with (Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")).open("rb") as handle:
+            _MetadataUnpickler(handle).load()  # raises on a global it does not know
+        return super().read_metadata(*args, **kwargs)
 
 
 def _first_failure(err: CheckpointException) -> BaseException:

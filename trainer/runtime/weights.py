@@ -185,8 +185,14 @@ class ShardedTrainingState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        set_model_state_dict(self.model, state["model"], options=_SHARDS)
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=_SHARDS)
+        try:
+            set_model_state_dict(self.model, state["model"], options=_SHARDS)
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=_SHARDS)
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise TrainerError(
+                f"the checkpoint's sharded weights and optimizer state do not fit this model ({err}); did the "
+                "model or lora.r change?"
+            ) from None
 
 
 def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
