@@ -6,8 +6,7 @@ load tokenizers and transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from synthmix.libraries import lazy_exports
 
 _EXPORTS = {
     "KINDS": "synthmix.data_mixers.config",
@@ -27,7 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'data_mixers' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

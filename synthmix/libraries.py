@@ -1,11 +1,27 @@
 """What the libraries print and load in a synthmix process: errors, not their chatter, and no bitsandbytes unless
-the run quantizes. Called by every job and every process a job starts, before the libraries are imported."""
+the run quantizes (called by every job and every process a job starts, before the libraries are imported); and
+the packages' public names, imported on first use."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A package's module `__getattr__`: `exports[name]` names the module that defines `name`, imported on first
+    use, so that importing the package (to read a config) does not load torch and transformers."""
+
+    def attribute(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    return attribute
 
 
 def quiet_libraries() -> None:

@@ -18,8 +18,7 @@ The public names below are imported on first use, so that `import synthmix.train
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from synthmix.libraries import lazy_exports
 
 _EXPORTS = {
     "RunConfig": "synthmix.trainer.config",
@@ -43,7 +42,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'synthmix.trainer' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
