@@ -139,7 +139,8 @@ class CollapseConfig:
     reduce_factor: float = 0.5
     """reduce_ratio multiplies the synthetic ratio of the following epochs by this."""
     report: bool = True
-    """Rewrite OUTPUT_DIR/report.html after every eval."""
+    """Write OUTPUT_DIR/report.html at the end of the run (and of a preemption), and during training after an eval
+    when the last write is 5 minutes old or more."""
 
 
 def validate_collapse(config: CollapseConfig) -> None:

@@ -3,9 +3,10 @@
 The same `CollapseMonitor` as a synthmix run (same indicators, the baseline at step 0, alert rules) evaluates at
 step 0, at every epoch end, every `every_steps` steps and at the last step. Its indicators go through the
 trainer's own `log` (so they reach every `report_to` integration) and into `OUTPUT_DIR/metrics.jsonl` as `eval`,
-`reference` and `alert` events, with `OUTPUT_DIR/report.html` rewritten after each eval. A `stop` rule sets
-`control.should_training_stop`. Under several processes the main process measures and the others wait; the
-values and alerts reach every process, so all log the same and stop together. The baseline is saved beside each
+`reference` and `alert` events, and into `OUTPUT_DIR/report.html` (written at the end, and during training at
+most every 5 minutes: reporting/live.py). A `stop` rule sets `control.should_training_stop`. Under several
+processes the main process measures and the others wait; the values and alerts reach every process, so all log
+the same and stop together. The baseline is saved beside each
 of the trainer's checkpoints (`checkpoint-N/synthmix_collapse.json`), so a resumed run compares with the same
 step-0 values.
 """
@@ -32,6 +33,7 @@ from synthmix.trainer.distributed.accelerator import on_main_process
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
 from synthmix.trainer.reporting.events import EventLog
+from synthmix.trainer.reporting.live import LiveReport
 
 STATE_FILE = "synthmix_collapse.json"
 """Beside each checkpoint of the trainer: the monitor's baseline and reference, for a resumed run."""
@@ -63,6 +65,7 @@ class CollapseCallback(TrainerCallback):
         """The epoch a step belongs to, when a `StreamCallback` knows better than the Trainer (for which the
         whole stream is one epoch); otherwise the Trainer's fractional epoch is logged."""
         self._log: EventLog | None = None
+        self._report: LiveReport | None = None
         self._evaluated_step: int | None = None
         self._saved_step: int | None = None
         """The step this run last checkpointed (an eval at that step after the save updates its events copy)."""
@@ -108,6 +111,7 @@ class CollapseCallback(TrainerCallback):
                 "every process in each forward: train unsharded, or with `synthmix train` (which shards with FSDP2)"
             )
         self._log = EventLog(Path(args.output_dir), enabled=state.is_world_process_zero)
+        self._report = LiveReport(Path(args.output_dir), enabled=state.is_world_process_zero and self.config.report)
         if state.global_step > 0:
             on_main_process(PartialState(), lambda: self._restore(args, state))
         # The main process decides (only it reads the checkpoint), so every process takes part in the same evals.
@@ -126,6 +130,8 @@ class CollapseCallback(TrainerCallback):
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
         self.evaluate(args, state, control, kw["model"])  # max_steps inside an epoch: the last step too
+        if self._report is not None:
+            self._report.write()
         if self._log is not None:
             self._log.close()
 
@@ -163,10 +169,8 @@ class CollapseCallback(TrainerCallback):
         measured = record_eval(self.monitor, self._log, model, step, epoch, **fields)
         if self._saved_step == step:  # the Trainer saved this step before its epoch or train end evaluated it
             save_events(args, state)
-        if self.config.report:
-            from synthmix.trainer.reporting.report import write_report
-
-            write_report([Path(args.output_dir)])
+        if self._report is not None:
+            self._report.after_eval()
         return measured
 
     def _log_through_trainer(self, values: dict[str, float], control: TrainerControl) -> None:

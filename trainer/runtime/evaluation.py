@@ -49,8 +49,7 @@ def evaluate(run: Run, ratio_so_far: float | None = None) -> list[dict[str, Any]
             realized_synthetic_ratio=ratio_so_far,
             target_synthetic_ratio=run.mixer.target_ratio(max(epoch, 1)),
         )
-        if run.accelerator.is_main_process and run.config.collapse.report:
-            write_run_report(run)
+        run.live_report.after_eval()
     return broadcast_object_list([alerts])[0]
 
 
@@ -69,9 +68,3 @@ def apply_actions(run: Run, alerts: list[dict[str, Any]]) -> None:
         )
     if "stop" in actions:
         run.stop_reason = "; ".join(a["message"] for a in alerts if a["action"] == "stop")
-
-
-def write_run_report(run: Run) -> None:
-    from synthmix.trainer.reporting.report import write_report
-
-    write_report([run.output_dir])

@@ -36,7 +36,6 @@ from synthmix.trainer.runtime.evaluation import (
     eval_due,
     evaluate,
     realized_ratio,
-    write_run_report,
 )
 from synthmix.trainer.runtime.preemption import Preempted
 from synthmix.trainer.runtime.schedule import rows_per_step
@@ -123,6 +122,7 @@ def _end_preempted(run: Run) -> None:
         reason=f"{signal_name} received; resume with --resume latest",
         checkpoint=str(checkpoint),
     )
+    run.live_report.write()  # the page of where the run stopped, before the machine goes
     raise Preempted(signal_name, run.progress.step, checkpoint)
 
 
@@ -254,5 +254,4 @@ def _write_outputs(
         reason=run.stop_reason,
         output=str(folder),
     )
-    if run.config.collapse.enabled and run.config.collapse.report:
-        write_run_report(run)
+    run.live_report.write()

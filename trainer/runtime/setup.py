@@ -40,6 +40,7 @@ from synthmix.trainer.modeling.attention import AttentionChoice, choose_attentio
 from synthmix.trainer.modeling.loss import LossChoice, choose_loss
 from synthmix.trainer.modeling.model import add_lora, build_model, check_positions, resolve_dtype
 from synthmix.trainer.reporting.events import METRICS, EventLog
+from synthmix.trainer.reporting.live import LiveReport
 from synthmix.trainer.runtime.checkpoint import Checkpointer
 from synthmix.trainer.runtime.evaluation import evaluate
 from synthmix.trainer.runtime.run_folder import claim_run_folder
@@ -70,6 +71,8 @@ def setup(config: RunConfig, resume: str | None) -> Run:
         run = _run(config, accelerator, checkpointer, corpora, mixer, model, optimizer, sharded, attention, loss,
                    resumed_step)  # fmt: skip
         run.folder_lock = folder_lock
+        report = config.collapse.enabled and config.collapse.report and accelerator.is_main_process
+        run.live_report = LiveReport(run.output_dir, enabled=report)
     except BaseException:
         if folder_lock is not None:
             folder_lock.close()

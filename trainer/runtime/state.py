@@ -21,6 +21,7 @@ from synthmix.trainer.distributed.sharding import is_sharded
 from synthmix.trainer.modeling.attention import AttentionChoice
 from synthmix.trainer.modeling.loss import LossChoice
 from synthmix.trainer.reporting.events import EventLog
+from synthmix.trainer.reporting.live import LiveReport
 from synthmix.trainer.runtime.checkpoint import JSON, Checkpointer, Part, RngState
 from synthmix.trainer.runtime.preemption import StopSignals
 from synthmix.trainer.runtime.weights import (
@@ -112,6 +113,8 @@ class Run:
     """A process received a preemption signal: the run stops after this step (every process agrees)."""
     checkpointed_step: int | None = None
     """The step of the newest checkpoint, so a run that stops between checkpoints writes a final one."""
+    live_report: LiveReport = dataclasses.field(default_factory=lambda: LiveReport(Path(), enabled=False))
+    """The run's report.html, rewritten by the main process (set by `setup`)."""
     folder_lock: IO[str] | None = None
     """The main process's lock on the run folder (see run_log.claim_run_folder); None on the other processes."""
 
