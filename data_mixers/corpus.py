@@ -101,13 +101,28 @@ class SourceReport:
     """The store entry's folder."""
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOutExample:
+    """One held-out real example, tokenized exactly as training examples are."""
+
+    ids: np.ndarray
+    loss_mask: np.ndarray | None = None
+    """The tokens training's loss counts (assistant-only or completion-only loss); None: every token."""
+    reply_start: int | None = None
+    """Chats and prompt-completion pairs: where the last reply (assistant turn or completion) begins; None for
+    plain text."""
+    source: str = ""
+    index: int = -1
+    """The example's source and its index among the source's loaded records."""
+
+
 @dataclasses.dataclass
 class Corpora:
     """Everything the mixer and the eval hook need from the data section."""
 
     train: list[Corpus]
-    held_out: list[np.ndarray]
-    """Token ids of the held-out real examples, tokenized exactly as training text is."""
+    held_out: list[HeldOutExample]
+    """The held-out real examples, never trained on."""
     reports: list[SourceReport]
     skipped_messages: list[str]
     tokenizer: PreTrainedTokenizerBase
@@ -161,7 +176,7 @@ def build_corpora(
                 store="built" if entry.built else "cached", seconds=round(entry.seconds, 3), entry=str(entry.folder),
             )
         )  # fmt: skip
-    held_out = _held_out_ids(cleaned, train_entries + held_entries)
+    held_out = _held_out_examples(cleaned, train_entries + held_entries)
     skipped = [msg for entry in (*train_entries, *held_entries) for msg in entry.meta["skipped_messages"]]
     how = {"entry": str(cleaned.folder), "store": "built" if cleaned.built else "cached", "seconds": cleaned.seconds}
     if "verifier" in cleaned.meta:
@@ -351,11 +366,22 @@ class _Cleaning:
                 raise MixerError(f"source '{spec.name}': no examples left after cleaning ({_why_empty(report)})")
 
 
-def _held_out_ids(cleaned: Entry, entries: list[Entry]) -> list[np.ndarray]:
+def _held_out_examples(cleaned: Entry, entries: list[Entry]) -> list[HeldOutExample]:
     held = []
     for source, row in np.asarray(cleaned.arrays["held_out"]).reshape(-1, 2):
-        offsets = entries[int(source)].arrays["offsets"]
-        held.append(np.asarray(entries[int(source)].arrays["ids"][offsets[row] : offsets[row + 1]], dtype=np.int64))
+        arrays = entries[int(source)].arrays
+        span = slice(int(arrays["offsets"][row]), int(arrays["offsets"][row + 1]))
+        mask = arrays.get("loss_mask")
+        reply_start = arrays.get("reply_start")
+        held.append(
+            HeldOutExample(
+                ids=np.asarray(arrays["ids"][span], dtype=np.int64),
+                loss_mask=None if mask is None else np.asarray(mask[span], dtype=bool),
+                reply_start=None if reply_start is None else int(reply_start[row]),
+                source=entries[int(source)].meta["source"],
+                index=int(row),
+            )
+        )
     return held
 
 

@@ -37,6 +37,10 @@ class EncodedBatch:
     masks: list[np.ndarray] | None
     keys: np.ndarray
     """[n, 2] uint64: the 128-bit hash of each example's exact content (see `item_key`)."""
+    reply_starts: np.ndarray | None = None
+    """Chats and prompt-completion pairs (None for text): where each example's last reply (its last assistant
+    turn, or its completion) begins, as a token index; the example's length when it ends without one. What
+    comes before is the prompt that the collapse hook samples a reply to."""
 
 
 def item_key(item: Item) -> str:
@@ -66,7 +70,7 @@ def encode_batch(
     if form == "messages":
         rendered = [render_chat(tokenizer, chat) for chat in items]  # type: ignore[arg-type]
         ids, masks = _encode_spans(tokenizer, rendered, special_tokens=False, eos=False)
-        return EncodedBatch(ids, masks if settings.assistant_only_loss else None, keys)
+        return EncodedBatch(ids, masks if settings.assistant_only_loss else None, keys, last_span_starts(masks))
     pairs: list[PromptCompletion] = list(items)  # type: ignore[arg-type]
     if isinstance(pairs[0].prompt, list):
         rendered = [render_prompt_completion(tokenizer, p) for p in pairs]
@@ -74,7 +78,21 @@ def encode_batch(
     else:
         rendered = [(p.prompt + p.completion, [(len(p.prompt), len(p.prompt) + len(p.completion))]) for p in pairs]
         ids, masks = _encode_spans(tokenizer, rendered, special_tokens=True, eos=settings.add_eos)  # type: ignore[arg-type]
-    return EncodedBatch(ids, masks if settings.completion_only_loss else None, keys)
+    return EncodedBatch(ids, masks if settings.completion_only_loss else None, keys, last_span_starts(masks))
+
+
+def last_span_starts(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Where the last run of true values of each mask begins (its length when it has none), int64."""
+    starts = np.empty(len(masks), dtype=np.int64)
+    for i, mask in enumerate(masks):
+        on = np.flatnonzero(mask)
+        if on.size == 0:
+            starts[i] = len(mask)
+            continue
+        # The last run starts after the last false value before the last true one.
+        off = np.flatnonzero(~mask[: on[-1]])
+        starts[i] = off[-1] + 1 if off.size else 0
+    return starts
 
 
 def _encode_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], add_eos: bool) -> list[np.ndarray]:

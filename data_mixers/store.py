@@ -36,7 +36,7 @@ from synthmix.data_mixers.encoding import EncodeSettings, encode_batch
 from synthmix.data_mixers.sources import SourceStream, example_form, resolve_path
 from synthmix.files import atomic_folder, disk_full_is_an_error, lock_file, sha256_of
 
-STORE_VERSION = 2  # 2: a .txt file is read line by line, up to a line that is not UTF-8
+STORE_VERSION = 3  # 2: a .txt file is read line by line, up to a line that is not UTF-8; 3: reply_start
 MANIFEST = "manifest.json"
 _HEAD_TAIL = 1 << 20
 _BATCH = 1024  # examples tokenized together: enough for the parallel path, little transient memory
@@ -229,7 +229,8 @@ def tokenized_source(
     progress: bool | None = None,
 ) -> Entry:
     """The source's entry: every example it loads (before any cleaning) as token ids, with offsets, content
-    hashes and, when only part of an example trains, its loss mask."""
+    hashes, when only part of an example trains its loss mask, and for chats and prompt-completion pairs where
+    each one's last reply begins."""
     key = source_key(spec, source_fingerprint(spec, base_dir), tokenizer_fingerprint, settings)
     dtype = np.dtype("uint16" if len(tokenizer) <= 1 << 16 else "int32")
 
@@ -246,6 +247,8 @@ def tokenized_source(
                 writer.append("keys", encoded.keys)
                 if encoded.masks is not None:
                     writer.append("loss_mask", np.concatenate(encoded.masks).astype(np.uint8))
+                if encoded.reply_starts is not None:
+                    writer.append("reply_start", encoded.reply_starts)
                 tokens += int(lengths.sum())
                 bar.update(stream)
         return {

@@ -36,7 +36,7 @@ def texts(corpus: Corpus, tokenizer: PreTrainedTokenizerBase) -> list[str]:
 
 
 def held_texts(corpora: Corpora) -> list[str]:
-    return [corpora.tokenizer.decode(ids.tolist(), skip_special_tokens=True) for ids in corpora.held_out]
+    return [corpora.tokenizer.decode(e.ids.tolist(), skip_special_tokens=True) for e in corpora.held_out]
 
 
 def by_name(corpora: Corpora) -> dict[str, Any]:

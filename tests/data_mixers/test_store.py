@@ -61,7 +61,7 @@ def test_a_second_start_maps_the_store_and_sees_the_same_data(data: DataConfig, 
     second = build(data, byte_tokenizer)
     assert stores(second) == {"docs": "cached", "gen": "cached", "chat": "cached", "cleaning": "cached"}
     assert arrays(second) == arrays(first)
-    assert [ids.tolist() for ids in second.held_out] == [ids.tolist() for ids in first.held_out]
+    assert [e.ids.tolist() for e in second.held_out] == [e.ids.tolist() for e in first.held_out]
     # Mapped, not copied: the token ids are the store's files, in the narrowest dtype that holds the vocabulary.
     assert all(isinstance(c.ids, np.memmap) and c.ids.dtype == np.uint16 for c in second.train)
     assert {r.name: (r.examples, r.tokens) for r in second.reports} == {

@@ -13,6 +13,7 @@ import pytest
 
 from synthmix.trainer.integrations import STATE_FILE, CollapseCallback
 from synthmix.trainer.reporting.events import METRICS, read_events
+from synthmix.trainer.reporting.samples import sample_files
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -79,6 +80,7 @@ def test_a_resumed_trainer_keeps_the_baseline(tmp_path: Path, tiny_tokenizer, ti
     second.train(resume_from_checkpoint=str(out / "checkpoint-3"))
     events = read_events(out / METRICS)
     assert [e["step"] for e in of(events, "eval")] == [0, 3, 5]  # no second baseline at step 3
+    assert list(sample_files(out)) == [0, 3, 5]
     assert len(of(events, "reference")) == 1
 
 

@@ -475,7 +475,7 @@ def test_chats_packed_whole_with_bfd_train_every_reply_with_its_prompt(chat_conf
 
 def held_indices(run) -> set[int]:
     """The chats the run holds out (their token ids are the store's)."""
-    held = {tuple(ids.tolist()) for ids in run.held_out}
+    held = {tuple(example.ids.tolist()) for example in run.held_out}
     return {i for i in range(len(CHATS)) if tuple(encode_chat(run.tokenizer, CHATS[i])[0].tolist()) in held}
 
 

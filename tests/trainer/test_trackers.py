@@ -54,12 +54,15 @@ def test_tensorboard_recorded_every_step_metric_and_eval_indicator(tracked: Path
 
     events = read_events(tracked / "run" / METRICS)
     (folder,) = (tracked / "run" / "tensorboard").iterdir()  # the project's folder: tensorboard/synthmix
-    board = EventAccumulator(str(folder))
+    board = EventAccumulator(str(folder), size_guidance={"tensors": 0})
     board.Reload()
     loss = [(s.step, s.value) for s in board.Scalars("train/loss")]
     assert loss == [(e["step"], pytest.approx(e["loss"], rel=1e-6)) for e in of(events, "train")]
     assert [s.step for s in board.Scalars("eval/real_ppl")] == [e["step"] for e in of(events, "eval")]
     assert [s.step for s in board.Scalars("alert/value")] == [a["step"] for a in of(events, "alert")]
+    samples = board.Tensors("samples/text_summary")  # each eval's samples as a Markdown table
+    assert [s.step for s in samples] == [e["step"] for e in of(events, "eval")]
+    assert b"| step | sample | source | index | prompt | completion |" in samples[0].tensor_proto.string_val[0]
 
 
 @pytest.mark.slow
@@ -83,6 +86,8 @@ def test_mlflow_recorded_the_metrics_and_the_config_as_parameters(
     evals = client.get_metric_history(run.info.run_id, "eval/real_ppl")
     assert [m.step for m in evals] == [e["step"] for e in of(events, "eval")]
     assert len(client.get_metric_history(run.info.run_id, "alert/change")) == len(of(events, "alert")) > 0
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert artifacts == sorted(f"samples/step-{e['step']}.jsonl" for e in of(events, "eval"))
     params = run.data.params
     assert params["train.learning_rate"] == "0.01" and params["data.synthetic_ratio"] == "0.3"
     assert params["lora.target_modules"] == '["q_proj", "k_proj", "v_proj", "o_proj"]'

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from peft import PeftModel
 
+from synthmix.data_mixers.corpus import HeldOutExample
 from synthmix.scoring import padded_nll
 from synthmix.trainer.collapse.indicators import (
     next_token_entropy,
@@ -32,7 +33,13 @@ from synthmix.trainer.collapse.indicators import (
 )
 from synthmix.trainer.config import CollapseConfig
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.generation.prompts import choose_prompts_from_ids, content_ids, leading_special_tokens
+from synthmix.trainer.generation.prompts import (
+    content_ids,
+    cut_at_stop,
+    end_of_turn_id,
+    eval_prompts,
+    leading_special_tokens,
+)
 from synthmix.trainer.generation.sampling import sample_continuations
 
 PPL_PERCENTILES = (50, 90, 99)
@@ -50,9 +57,13 @@ class _Scored:
 class CollapseMonitor:
     """Fixed eval inputs, the reference values of the real text, and the baseline once measured."""
 
-    def __init__(self, config: CollapseConfig, tokenizer: Any, held_out: list[Any]) -> None:
-        """`held_out`: the held-out real examples' token ids, as the store holds them (tokenized as training
-        text is); the hook scores them, prompts the model with their beginnings, and counts their tokens."""
+    def __init__(
+        self, config: CollapseConfig, tokenizer: Any, held_out: Sequence[HeldOutExample | Sequence[int]]
+    ) -> None:
+        """`held_out`: the held-out real examples as the store holds them (tokenized as training examples are;
+        plain token ids are texts). The hook scores them (the tokens training's loss counts), prompts the model
+        with them (a text's first tokens, a chat's conversation up to its last reply, a pair's prompt), and
+        compares its samples with what the real examples have there."""
         if not held_out:
             raise TrainerError(
                 "the collapse hook needs held-out real text: set data.held_out.fraction or "
@@ -60,30 +71,58 @@ class CollapseMonitor:
             )
         self.config = config
         self.tokenizer = tokenizer
-        eval_ids = [[int(t) for t in ids[: config.eval_seq_len]] for ids in held_out[: config.max_eval_texts]]
-        self.eval_ids = [ids for ids in eval_ids if len(ids) >= 2]
-        prefix = leading_special_tokens(tokenizer)
-        contents = [content_ids(ids, prefix, tokenizer.eos_token_id) for ids in held_out]
-        seed = config.sampling.seed
-        chosen = choose_prompts_from_ids(tokenizer, contents, config.num_prompts, config.prompt_tokens, seed)
-        self.prompts = [ids for _, ids in chosen]
-        self.real_tokens = [t for ids in contents for t in ids]
+        examples = [e if isinstance(e, HeldOutExample) else HeldOutExample(np.asarray(e)) for e in held_out]
+        self.examples = examples
+        rows = [_scored_row(e, config.eval_seq_len) for e in examples[: config.max_eval_texts]]
+        self.eval_rows = [row for row in rows if row is not None]
+        end_of_turn = end_of_turn_id(tokenizer)
+        self.stop_ids = [t for t in (tokenizer.eos_token_id, end_of_turn) if t is not None]
+        self.prompts = eval_prompts(
+            tokenizer, examples, config.num_prompts, config.prompt_tokens, config.sampling.max_new_tokens,
+            config.sampling.seed, self.stop_ids, config.eval_seq_len,
+        )  # fmt: skip
+        # The real text the samples are compared with: texts without what tokenizing added, chats' last replies.
+        prefix, eos = leading_special_tokens(tokenizer), tokenizer.eos_token_id
+        self.real_tokens = [t for e in examples for t in _real_content(e, prefix, eos, self.stop_ids)]
         self.rare = rare_tokens(self.real_tokens, config.tail_share)
         self.baseline: dict[str, float] | None = None
-        self.reference = self._reference(contents, chosen)
+        # A prompt drawn twice counts once in the reference (its real continuation is always the same).
+        unique = {p.example: p for p in self.prompts}.values()
+        self.real_continuations = [(p.prompt, p.reference) for p in unique]
+        self.reference = self._indicators([reference for _, reference in self.real_continuations])
+        """The sample indicators of the real text itself: what follows each prompt, as long as a sample."""
         self.model_reference: dict[str, float] | None = None
         """The real continuations scored by the base model, measured with the baseline."""
         self.center: torch.Tensor | None = None
         """The mean embedding of the real continuations, which Vendi scores subtract (set with the baseline)."""
 
-    def _reference(self, contents: list[list[int]], chosen: list[tuple[int, list[int]]]) -> dict[str, float]:
-        """The sample indicators of the real text itself: what follows each prompt, as long as a sample."""
-        start, length = self.config.prompt_tokens, self.config.sampling.max_new_tokens
-        # A text reused as a prompt counts once (its prompt is always the same).
-        self.real_continuations = [
-            (prompt, contents[index][start : start + length]) for index, prompt in dict(chosen).items()
-        ]
-        return self._indicators([continuation for _, continuation in self.real_continuations])
+    def describe(self) -> dict[str, Any]:
+        """What the hook scores and samples: the forms of its prompts and of its held-out examples."""
+        replies = sum(p.reply for p in self.prompts)
+        return {
+            "prompts": {"text": len(self.prompts) - replies, "reply": replies},
+            "held_out_scored_tokens": int(sum(int(row[1].sum()) for row in self.eval_rows)),
+            "stop_ids": self.stop_ids,
+        }
+
+    def sample_records(self, samples: list[list[int]]) -> list[dict[str, Any]]:
+        """One readable record per sample: its prompt and completion as text, and where the prompt came from."""
+        records = []
+        for number, (prompt, sample) in enumerate(zip(self.prompts, samples, strict=True)):
+            example = self.examples[prompt.example]
+            records.append(
+                {
+                    "sample": number,
+                    # A chat's prompt keeps its template (the turns and the generation prompt are what the model saw).
+                    "prompt": self.tokenizer.decode(prompt.prompt, skip_special_tokens=not prompt.reply),
+                    "completion": self.tokenizer.decode(sample, skip_special_tokens=True),
+                    "form": "reply" if prompt.reply else "text",
+                    "source": example.source,
+                    "index": example.index,
+                    "completion_tokens": len(sample),
+                }
+            )
+        return records
 
     def _indicators(self, samples: list[list[int]]) -> dict[str, float]:
         texts = self.tokenizer.batch_decode(samples, skip_special_tokens=True)
@@ -93,29 +132,32 @@ class CollapseMonitor:
         return {k: float(v) for k, v in values.items()}
 
     @torch.no_grad()
-    def measure(self, model: torch.nn.Module) -> dict[str, float]:
+    def measure(self, model: torch.nn.Module) -> Measured:
         """Every indicator for `model`: held-out perplexity (pooled and its per-text percentiles) and entropy,
         the samples' indicators, and the samples scored by the base model (their perplexity, their Vendi score).
         The first call also scores the real continuations the same way: the reference values, and the center
         that every later Vendi score subtracts."""
         was_training = model.training
         model.eval()
+        prompts = [p.prompt for p in self.prompts]
         try:
             scores = self._score_held_out(model)
-            samples = sample_continuations(model, self.tokenizer, self.prompts, self.config.sampling)
+            samples = sample_continuations(model, self.tokenizer, prompts, self.config.sampling, stop_ids=self.stop_ids)
             if self.model_reference is None:
                 real = self._embed(model, self.real_continuations)
                 self.center = real.pooled[real.counts > 0].mean(dim=0)
                 self.model_reference = self._model_scored(real, isinstance(model, PeftModel))
                 self.reference.update(self.model_reference)
-            scored = self._embed(model, list(zip(self.prompts, samples, strict=True)))
+            scored = self._embed(model, list(zip(prompts, samples, strict=True)))
         finally:
             model.train(was_training)
-        return {**scores, **self._indicators(samples), **self._model_scored(scored, isinstance(model, PeftModel))}
+        values = {**scores, **self._indicators(samples), **self._model_scored(scored, isinstance(model, PeftModel))}
+        return Measured(values, samples)
 
     def _score_held_out(self, model: torch.nn.Module) -> dict[str, float]:
         nll_sums, counts, entropy_sum = [], [], 0.0
-        for nll, targets, logits, _ in self._forward(model, self.eval_ids, [0] * len(self.eval_ids)):
+        rows, counted = [row for row, _ in self.eval_rows], [mask for _, mask in self.eval_rows]
+        for nll, targets, logits, _ in self._forward(model, rows, counted):
             nll_sums += (nll * targets).sum(dim=1).tolist()
             counts += targets.sum(dim=1).tolist()
             entropy_sum += next_token_entropy(logits, targets) * int(targets.sum())
@@ -132,10 +174,10 @@ class CollapseMonitor:
         the model as it is): its NLL, and its mean-pooled last hidden state. The base model embeds every eval's
         samples, so the Vendi scores of a run are comparable."""
         rows = [prompt + continuation for prompt, continuation in pairs]
-        starts = [len(prompt) for prompt, _ in pairs]
+        counted = [np.arange(len(row)) >= len(prompt) for row, (prompt, _) in zip(rows, pairs, strict=True)]
         nll_sums, counts, pooled = [], [], []
         with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
-            for nll, targets, _, hidden in self._forward(model, rows, starts, hidden=True):
+            for nll, targets, _, hidden in self._forward(model, rows, counted, hidden=True):
                 nll_sums += (nll * targets).sum(dim=1).tolist()
                 counts += targets.sum(dim=1).tolist()
                 # Hidden state at position t read token t; targets[:, t-1] marks continuation token t.
@@ -158,19 +200,20 @@ class CollapseMonitor:
         }
 
     def _forward(
-        self, model: torch.nn.Module, rows: list[list[int]], starts: list[int], hidden: bool = False
+        self, model: torch.nn.Module, rows: list[list[int]], counted: list[np.ndarray], hidden: bool = False
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Per batch of rows (right-padded): the per-token NLL of each next token [B, T-1], which of them are
-        scored (real tokens at or after the row's start) [B, T-1], the logits [B, T-1, V] and, when asked, the
-        last hidden state [B, T, d]."""
+        scored (`counted[i][t]`: token t of row i; the first token is never predicted) [B, T-1], the logits
+        [B, T-1, V] and, when asked, the last hidden state [B, T, d]."""
         pad = self.tokenizer.pad_token_id or 0
         size = self.config.eval_batch_size
         for first in range(0, len(rows), size):
-            batch, batch_starts = rows[first : first + size], starts[first : first + size]
+            batch = rows[first : first + size]
             nll, real, logits, last_hidden = padded_nll(model, batch, pad, hidden)
-            position = torch.arange(1, nll.shape[1] + 1, device=nll.device)
-            begin = torch.tensor(batch_starts, device=nll.device).clamp(min=1)
-            yield nll, real & (position[None, :] >= begin[:, None]), logits, last_hidden
+            scored = torch.zeros(real.shape, dtype=torch.bool)
+            for r, mask in enumerate(counted[first : first + size]):
+                scored[r, : len(mask) - 1] = torch.from_numpy(np.asarray(mask[1:], dtype=bool))
+            yield nll, real & scored.to(real.device), logits, last_hidden
 
     def alerts(self, values: dict[str, float], step: int, epoch: int) -> list[dict[str, Any]]:
         """The rules that `values` break, as `alert` event fields.
@@ -223,6 +266,32 @@ class CollapseMonitor:
         self.center = None if state.get("center") is None else torch.tensor(state["center"], dtype=torch.float32)
         if self.model_reference is not None:
             self.reference.update(self.model_reference)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """One measurement: the indicators' values, and the samples they were computed from (token ids, per prompt)."""
+
+    values: dict[str, float]
+    samples: list[list[int]]
+
+
+def _scored_row(example: HeldOutExample, max_tokens: int) -> tuple[list[int], np.ndarray] | None:
+    """An example's first `max_tokens` ids and which of them held-out perplexity counts: those training's loss
+    counts (every token, or the assistant's or completion's under assistant_only_loss/completion_only_loss).
+    None when no token after the first is counted."""
+    ids = [int(t) for t in example.ids[:max_tokens]]
+    mask = np.ones(len(ids), dtype=bool) if example.loss_mask is None else np.asarray(example.loss_mask[:max_tokens])
+    return (ids, mask) if mask[1:].any() else None
+
+
+def _real_content(example: HeldOutExample, prefix: list[int], eos: int | None, stop_ids: list[int]) -> list[int]:
+    """What the samples' token distribution is compared with: a text without the special tokens tokenizing
+    added, a chat's or pair's last reply up to its end of turn."""
+    ids = [int(t) for t in example.ids]
+    if example.reply_start is None:
+        return content_ids(ids, prefix, eos)
+    return cut_at_stop(ids[example.reply_start :], stop_ids)
 
 
 def _percent(fraction: float) -> str:

@@ -1,11 +1,14 @@
-"""Fixed prompts: the first tokens of texts chosen by a seeded shuffle (the collapse hook's and corpus jobs')."""
+"""Fixed prompts: the first tokens of texts chosen by a seeded shuffle (the collapse hook's and corpus jobs'),
+and for chats and prompt-completion pairs the conversation up to its last reply (the collapse hook's)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from synthmix.data_mixers.corpus import HeldOutExample
 from synthmix.trainer.generation.sampling import GenerationError
 
 
@@ -31,14 +34,6 @@ def choose_prompts(
     return _choose(encode, len(texts), n, prompt_tokens, seed, leading_special_tokens(tokenizer))
 
 
-def choose_prompts_from_ids(
-    tokenizer: Any, contents: list[list[int]], n: int, prompt_tokens: int, seed: int
-) -> list[tuple[int, list[int]]]:
-    """Like `choose_prompts`, from texts already tokenized (without the tokenizer's added special tokens)."""
-    prefix = leading_special_tokens(tokenizer)
-    return _choose(lambda indices: [contents[i] for i in indices], len(contents), n, prompt_tokens, seed, prefix)
-
-
 def _choose(
     encode: Callable[[list[int]], list[list[int]]], count: int, n: int, prompt_tokens: int, seed: int,
     prefix: list[int],
@@ -61,6 +56,97 @@ def _choose(
     if not chosen:
         raise GenerationError(f"none of the {count} texts has more than prompt_tokens={prompt_tokens} tokens")
     return [chosen[k % len(chosen)] for k in range(n)]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPrompt:
+    """A prompt of the collapse hook and what the real example has where the model replies."""
+
+    example: int
+    """Its example's index in the held-out list."""
+    prompt: list[int]
+    reference: list[int]
+    """The real continuation: text's next tokens, or the example's last reply (up to its end of turn)."""
+    reply: bool
+    """True for a chat's or a prompt-completion pair's prompt (its template's generation prompt included)."""
+
+
+def eval_prompts(
+    tokenizer: Any, examples: Sequence[HeldOutExample], n: int, prompt_tokens: int, reply_tokens: int, seed: int,
+    stop_ids: Sequence[int], max_prompt_tokens: int,
+) -> list[EvalPrompt]:  # fmt: skip
+    """`n` fixed prompts from held-out examples drawn by a seeded shuffle. A text's prompt is its first
+    `prompt_tokens` tokens (texts no longer than that are skipped); a chat's is its conversation up to its last
+    reply, rendered with the template and its generation prompt, and a prompt-completion pair's is its prompt
+    (examples without a reply, or whose prompt is longer than `max_prompt_tokens`, are skipped). References are
+    at most `reply_tokens` long. When fewer than `n` examples qualify, the shuffled list is reused from its
+    start."""
+    if n < 1:
+        raise GenerationError(f"n must be at least 1, got {n}")
+    if prompt_tokens < 1:
+        raise GenerationError(f"prompt_tokens must be at least 1, got {prompt_tokens}")
+    prefix, eos = leading_special_tokens(tokenizer), tokenizer.eos_token_id
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    chosen: list[EvalPrompt] = []
+    for i in order:
+        prompt = _eval_prompt(i, examples[i], prompt_tokens, reply_tokens, stop_ids, max_prompt_tokens, prefix, eos)
+        if prompt is not None:
+            chosen.append(prompt)
+            if len(chosen) == n:
+                return chosen
+    if not chosen:
+        raise GenerationError(
+            f"none of the {len(examples)} held-out examples can prompt the collapse hook: texts need more than "
+            f"collapse.prompt_tokens={prompt_tokens} tokens, chats and prompt-completion pairs a reply after a "
+            f"prompt of at most collapse.eval_seq_len={max_prompt_tokens} tokens"
+        )
+    return [chosen[k % len(chosen)] for k in range(n)]
+
+
+def _eval_prompt(
+    i: int, example: HeldOutExample, prompt_tokens: int, reply_tokens: int, stop_ids: Sequence[int],
+    max_prompt_tokens: int, prefix: list[int], eos: int | None,
+) -> EvalPrompt | None:  # fmt: skip
+    ids = [int(t) for t in example.ids]
+    if example.reply_start is None:
+        content = content_ids(ids, prefix, eos)
+        if len(content) <= prompt_tokens:
+            return None
+        reference = content[prompt_tokens : prompt_tokens + reply_tokens]
+        return EvalPrompt(i, prefix + content[:prompt_tokens], reference, reply=False)
+    start = example.reply_start
+    reference = cut_at_stop(ids[start:], stop_ids)[:reply_tokens]
+    if start < 1 or start > max_prompt_tokens or not reference:
+        return None
+    return EvalPrompt(i, ids[:start], reference, reply=True)
+
+
+def cut_at_stop(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
+    """`ids` up to (not including) the first stop token."""
+    for position, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[:position]
+    return ids
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The special token the chat template closes an assistant turn with (ChatML's `<|im_end|>`, Llama 3's
+    `<|eot_id|>`), which a reply must stop at; None without a template or when the turn ends in plain text."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return None
+    marker = "Zq7xW"
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}]
+    try:
+        rendered = tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # a template with rules of its own (a system turn first, ...): no end-of-turn token known
+        return None
+    after = rendered[rendered.rfind(marker) + len(marker) :]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    if ids and ids[0] in added and added[ids[0]].special:
+        return int(ids[0])
+    return None
 
 
 def content_ids(ids: Any, prefix: list[int], eos: int | None) -> list[int]:

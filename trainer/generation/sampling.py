@@ -7,7 +7,7 @@ eval hook that samples mid-training does not change what a resumed run computes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,14 +28,17 @@ def sample_continuations(
     prompts: list[list[int]],
     sampling: SamplingConfig,
     progress: bool = False,
+    stop_ids: Sequence[int] = (),
 ) -> list[list[int]]:
-    """Generated token ids (prompt excluded, stopped at eos, eos excluded) for each prompt, in order."""
+    """Generated token ids (prompt excluded, stopped at eos, eos excluded) for each prompt, in order.
+    `stop_ids`: more tokens that end a sample, as eos does (a chat template's end of turn)."""
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise GenerationError(f"prompt {i} is empty; every prompt needs at least one token")
     if not prompts:
         return []
     eos_ids = _eos_ids(model, tokenizer)
+    eos_ids += [int(token) for token in stop_ids if token not in eos_ids]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [None])[0]
     if pad_id is None:
         raise GenerationError("the tokenizer has neither a pad token nor an eos token to pad prompts with")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from synthmix.data_mixers.corpus import HeldOutExample
 from synthmix.errors import UserError
 from synthmix.files import write_text
 from synthmix.schema import build
@@ -34,6 +35,7 @@ from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.integrations.checkpoint_files import checkpoint_folder, restore_events, save_events
 from synthmix.trainer.reporting.events import EventLog
 from synthmix.trainer.reporting.live import LiveReport
+from synthmix.trainer.reporting.samples import drop_samples_after, markdown_table, read_samples, samples_path, table
 
 STATE_FILE = "synthmix_collapse.json"
 """Beside each checkpoint of the trainer: the monitor's baseline and reference, for a resumed run."""
@@ -44,12 +46,13 @@ class CollapseCallback(TrainerCallback):
 
     def __init__(
         self,
-        held_out_ids: list[list[int]],
+        held_out: Sequence[HeldOutExample | Sequence[int]],
         tokenizer: Any,
         trainer: Any = None,
         collapse: CollapseConfig | dict[str, Any] | None = None,
     ) -> None:
-        """`held_out_ids`: token ids of held-out real texts, never trained on (`from_texts` tokenizes texts);
+        """`held_out`: held-out real examples, never trained on (`synthmix sft` passes its store's; plain token
+        ids are texts, which `from_texts` tokenizes);
         `trainer`: the `Trainer` whose `log` the indicators go through (without it they go only to
         metrics.jsonl); `collapse`: the `collapse` section of a synthmix config, a `CollapseConfig` or a dict
         (checked like a config file's: unknown keys are errors)."""
@@ -59,7 +62,7 @@ class CollapseCallback(TrainerCallback):
             config = build(CollapseConfig, collapse or {}, "collapse")
         validate_collapse(config)
         self.config = config
-        self.monitor = CollapseMonitor(config, tokenizer, held_out_ids)
+        self.monitor = CollapseMonitor(config, tokenizer, held_out)
         self.trainer = trainer
         self.epoch_of: Callable[[int], int] | None = None
         """The epoch a step belongs to, when a `StreamCallback` knows better than the Trainer (for which the
@@ -90,6 +93,7 @@ class CollapseCallback(TrainerCallback):
     def _restore(self, args: TrainingArguments, state: TrainerState) -> None:
         """A resumed trainer starts past step 0: the baseline comes back from the checkpoint it resumed."""
         restore_events(args, state)
+        drop_samples_after(Path(args.output_dir), state.global_step)
         path = checkpoint_folder(args, state.global_step) / STATE_FILE
         if path.is_file():
             try:
@@ -167,6 +171,8 @@ class CollapseCallback(TrainerCallback):
         step = state.global_step
         epoch = self.epoch_of(step) if self.epoch_of is not None else round(state.epoch or 0, 4)
         measured = record_eval(self.monitor, self._log, model, step, epoch, **fields)
+        if self.trainer is not None:
+            _samples_to_report_to(self.trainer, samples_path(Path(args.output_dir), step), step)
         if self._saved_step == step:  # the Trainer saved this step before its epoch or train end evaluated it
             save_events(args, state)
         if self._report is not None:
@@ -182,3 +188,17 @@ class CollapseCallback(TrainerCallback):
         should_log = control.should_log
         Trainer.log(self.trainer, values)
         control.should_log = should_log
+
+
+def _samples_to_report_to(trainer: Any, path: Path, step: int) -> None:
+    """One eval's samples to the trainer's `report_to` integrations that take them: a W&B table, an MLflow
+    artifact, TensorBoard text (the others have the file)."""
+    columns, rows = table(read_samples(path))
+    for callback in trainer.callback_handler.callbacks:
+        kind = type(callback).__name__
+        if kind == "WandbCallback" and callback._initialized:
+            callback._wandb.log({"collapse/samples": callback._wandb.Table(columns=columns, data=rows)})
+        elif kind == "MLflowCallback" and callback._initialized:
+            callback._ml_flow.log_artifact(str(path), "samples")
+        elif kind == "TensorBoardCallback" and callback.tb_writer is not None:
+            callback.tb_writer.add_text("collapse/samples", markdown_table(columns, rows), step)

@@ -16,6 +16,7 @@ from typing import Any
 from synthmix.errors import DiskFullError
 from synthmix.files import disk_full_is_an_error, is_disk_full, write_json
 from synthmix.trainer.errors import TrainerError
+from synthmix.trainer.reporting.samples import markdown_table, table
 
 METRICS = "metrics.jsonl"
 TRACKER_IDS = "trackers.json"
@@ -116,6 +117,21 @@ class EventLog:
                 with disk_full_is_an_error(self._trackers):
                     self._accelerator.log(values, step=step)
         return record
+
+    def samples(self, step: int, path: Path, records: list[dict[str, Any]]) -> None:
+        """One eval's samples (already in `path`) to the trackers that take them: a W&B table, an MLflow
+        artifact, TensorBoard text; the others (trackio, aim) have metrics.jsonl's pointer to the file."""
+        if self._accelerator is None:
+            return
+        columns, rows = table(records)
+        with disk_full_is_an_error(self._trackers):
+            for tracker in self._accelerator.trackers:
+                if tracker.name == "wandb":
+                    tracker.log_table("samples", columns=columns, data=rows, step=step)
+                elif tracker.name == "mlflow":
+                    tracker.log_artifact(str(path), artifact_path="samples")
+                elif tracker.name == "tensorboard":
+                    tracker.writer.add_text("samples", markdown_table(columns, rows), global_step=step)
 
     def close(self, warn: bool = True) -> None:
         """Finish the trackers. A full disk here only warns: metrics.jsonl holds every event. `warn` false: an

@@ -18,6 +18,7 @@ from synthmix.files import write_text
 from synthmix.trainer.config import INDICATOR_DIRECTION
 from synthmix.trainer.reporting.plots import ALERT_RED, PALETTE, generation_plot, indicator_plot, loss_plots, ratio_plot
 from synthmix.trainer.reporting.records import ReportError, RunRecord, indicator_names, load_run, num
+from synthmix.trainer.reporting.samples import read_samples, sample_files
 
 # The sentence under each indicator's plot.
 COLLAPSE_SENTENCES: dict[str, str] = {
@@ -80,6 +81,8 @@ table{border-collapse:collapse;background:#fff;font-size:12.5px} th,td{border:1p
 th{background:#f0f0f0} td{text-align:right;font-variant-numeric:tabular-nums} td:first-child{text-align:left}
 td small{display:block;color:#777} td small.bad{color:#d62728} td.alert{background:#fdecea}
 .scroll{overflow-x:auto} details{margin:10px 0} pre{background:#fff;border:1px solid #ddd;padding:10px}
+td.text{text-align:left;white-space:pre-wrap;font-family:ui-monospace,monospace;max-width:900px}
+pre.prompt{white-space:pre-wrap;margin:4px 0}
 """
 
 
@@ -240,6 +243,38 @@ def _generation_section(runs: list[RunRecord], pngs: dict[str, bytes]) -> str:
     )
 
 
+SHOWN_PROMPTS = 3
+"""Prompts whose completions the report shows eval by eval."""
+SHOWN_CHARS = 400
+
+
+def _samples_section(run: RunRecord) -> str:
+    """For the first prompts, the prompt and each eval's completion side by side: the drift, to read."""
+    files = sample_files(run.path)
+    if not files:
+        return ""
+    by_step = {step: read_samples(path)[:SHOWN_PROMPTS] for step, path in files.items()}
+    e = html.escape
+    clip = lambda text: e(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + " …")  # noqa: E731
+    blocks = []
+    for k, first in enumerate(next(iter(by_step.values()))):
+        rows = "".join(
+            f"<tr><td>step {step}</td><td class='text'>{clip(records[k]['completion'])}</td></tr>"
+            for step, records in by_step.items()
+            if k < len(records)
+        )
+        where = f"{first.get('source', '')} #{first.get('index', '')}"
+        blocks.append(
+            f"<p class='meta'>Prompt {k} ({e(where)}):</p><pre class='prompt'>{clip(first['prompt'])}</pre>"
+            f"<div class='scroll'><table><tr><th>eval</th><th>completion</th></tr>{rows}</table></div>"
+        )
+    return (
+        f"<h2>Samples</h2><p class='meta'>The first {SHOWN_PROMPTS} prompts of the hook and what the model wrote at "
+        f"each eval (same prompt, same seed); every sample is in <code>samples/step-N.jsonl</code>.</p>"
+        + "".join(blocks)
+    )
+
+
 def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     """Write one self-contained HTML page for one run (plus `plots/*.png`) or comparing several; return its path."""
     if not run_dirs:
@@ -254,6 +289,8 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     for run in runs:
         title = "Eval values per epoch" + ("" if single else f": {run.label}")
         sections.append(f"<h2>{html.escape(title)}</h2>" + (_eval_table(run, names) if run.evals else "<p>—</p>"))
+    if single:
+        sections.append(_samples_section(runs[0]))
     sections.append("<h2>Configuration</h2>" + "".join(_config_block(r) for r in runs))
     title = html.escape("synthmix: " + ", ".join(r.path.name for r in runs))
     page = (

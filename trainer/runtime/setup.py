@@ -41,6 +41,7 @@ from synthmix.trainer.modeling.loss import LossChoice, choose_loss
 from synthmix.trainer.modeling.model import add_lora, build_model, check_positions, resolve_dtype
 from synthmix.trainer.reporting.events import METRICS, EventLog
 from synthmix.trainer.reporting.live import LiveReport
+from synthmix.trainer.reporting.samples import drop_samples_after
 from synthmix.trainer.runtime.checkpoint import Checkpointer
 from synthmix.trainer.runtime.evaluation import evaluate
 from synthmix.trainer.runtime.run_folder import claim_run_folder
@@ -254,6 +255,8 @@ def resume_run(run: Run, folder: Path) -> None:
     replan_steps(run)
     apply_hyperparameters(run.optimizer, run.scheduler, run.config.train)
     run.checkpointed_step = run.progress.step
+    if run.log.enabled:
+        drop_samples_after(run.output_dir, restored.step)  # as metrics.jsonl: the later evals come again
     run.log.event(
         "resume", step=restored.step, epoch=run.progress.epoch, checkpoint=str(folder), changed=restored.changed
     )

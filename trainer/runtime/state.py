@@ -7,12 +7,12 @@ import dataclasses
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from peft import PeftModel
 
 from synthmix.data_mixers.config import KINDS
+from synthmix.data_mixers.corpus import HeldOutExample
 from synthmix.data_mixers.mixer import Mixer
 from synthmix.schema import to_dict
 from synthmix.trainer.collapse.monitor import CollapseMonitor
@@ -96,8 +96,8 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     mixer: Mixer
     tokenizer: Any
-    held_out: list[np.ndarray]
-    """Token ids of the held-out real examples (what the collapse hook scores)."""
+    held_out: list[HeldOutExample]
+    """The held-out real examples (what the collapse hook scores and prompts with)."""
     log: EventLog
     checkpointer: Checkpointer
     compute_dtype: torch.dtype
