@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from synthmix.trainer.config import RunConfig, load_config
 
 
@@ -43,3 +45,27 @@ def subprocess_env(**changes: str | None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+BENCHMARK_TASK = "synthmix_arith"
+
+
+def write_benchmark_task(folder: Path) -> Path:
+    """A multiple-choice task of 12 sums as lm-eval reads one: a YAML beside its JSONL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": f"{i} plus {i} is", "choices": [str(2 * i), str(2 * i + 1), str(i)], "answer": 0}
+            for i in range(12)]  # fmt: skip
+    write_jsonl(folder / "arith.jsonl", rows)
+    task = {
+        "task": BENCHMARK_TASK,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(folder / "arith.jsonl")}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{question}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{answer}}",
+        "metric_list": [{"metric": "acc"}],
+    }
+    (folder / "arith.yaml").write_text(yaml.safe_dump(task))
+    return folder

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,23 @@ INDICATOR_DIRECTION: dict[str, int] = {
 }
 # Measured on held-out text, not on samples: the real text has no value of its own to compare them with.
 HELD_OUT_INDICATORS = ("real_ppl", "real_ppl_p50", "real_ppl_p90", "real_ppl_p99", "next_token_entropy")
+BENCHMARK_PREFIX = "benchmark."
+"""Eval-event keys `benchmark.<task>.<metric>` hold lm-evaluation-harness results (collapse.benchmarks)."""
+
+
+def known_indicators(names: Iterable[str]) -> list[str]:
+    """The indicators among `names`, in their documented order, then the benchmark scores (sorted)."""
+    present = set(names)
+    benchmarks = sorted(name for name in present if name.startswith(BENCHMARK_PREFIX))
+    return [name for name in INDICATOR_DIRECTION if name in present] + benchmarks
+
+
+def indicator_direction(name: str) -> int | None:
+    """The healthy direction of an indicator (+1 higher is better, -1 lower, 0 neither); a benchmark score is
+    higher-is-better; None for a name that is neither."""
+    if name.startswith(BENCHMARK_PREFIX):
+        return +1
+    return INDICATOR_DIRECTION.get(name)
 
 
 @dataclasses.dataclass
@@ -111,6 +128,22 @@ def _default_rules() -> list[AlertRule]:
 
 
 @dataclasses.dataclass
+class BenchmarkConfig:
+    """Downstream tasks of lm-evaluation-harness, scored at every eval on the model being trained (in memory)."""
+
+    tasks: list[str] = dataclasses.field(default_factory=list)
+    """lm-eval task names (e.g. [arc_easy, hellaswag]) or names of tasks in `include_path`; empty: none."""
+    include_path: str | None = None
+    """A folder of task YAMLs of your own (lm-eval's --include_path; relative to the working directory)."""
+    limit: int | None = None
+    """Examples per task (the first ones); null: every example. A small limit keeps evals short."""
+    num_fewshot: int = 0
+    """Few-shot examples in each prompt."""
+    batch_size: int = 8
+    """Requests per forward pass."""
+
+
+@dataclasses.dataclass
 class CollapseConfig:
     """The eval hook's inputs, sampling settings and alert rules."""
 
@@ -141,18 +174,25 @@ class CollapseConfig:
     report: bool = True
     """Write OUTPUT_DIR/report.html at the end of the run (and of a preemption), and during training after an eval
     when the last write is 5 minutes old or more."""
+    benchmarks: BenchmarkConfig = dataclasses.field(default_factory=BenchmarkConfig)
+    """lm-evaluation-harness tasks scored at every eval: `benchmark.<task>.<metric>` in the eval events."""
 
 
 def validate_collapse(config: CollapseConfig) -> None:
     """Rules name known indicators; counts, factors and sampling settings are in range."""
     validate_sampling(config.sampling, lambda name: f"collapse.sampling.{name}")
     for i, rule in enumerate(config.rules):
-        if rule.indicator not in INDICATOR_DIRECTION:
+        if indicator_direction(rule.indicator) is None:
             known = ", ".join(sorted(INDICATOR_DIRECTION))
-            raise ConfigError(f"collapse.rules[{i}].indicator: unknown {rule.indicator!r} (known: {known})")
+            raise ConfigError(
+                f"collapse.rules[{i}].indicator: unknown {rule.indicator!r} (known: {known}, and "
+                f"{BENCHMARK_PREFIX}<task>.<metric> for collapse.benchmarks)"
+            )
         if rule.threshold <= 0:
             raise ConfigError(f"collapse.rules[{i}].threshold: must be > 0, got {rule.threshold}")
-        if rule.against == "reference" and rule.indicator in HELD_OUT_INDICATORS:
+        if rule.indicator.startswith(BENCHMARK_PREFIX):
+            _validate_benchmark_rule(config, i, rule)
+        elif rule.against == "reference" and rule.indicator in HELD_OUT_INDICATORS:
             raise ConfigError(
                 f"collapse.rules[{i}].against: {rule.indicator} is measured on the held-out text itself, so it "
                 "has no reference value; use against: baseline"
@@ -167,6 +207,33 @@ def validate_collapse(config: CollapseConfig) -> None:
     for key in counts:
         if getattr(config, key) < 1:
             raise ConfigError(f"collapse.{key}: must be at least 1, got {getattr(config, key)}")
+    _validate_benchmarks(config.benchmarks)
+
+
+def _validate_benchmark_rule(config: CollapseConfig, i: int, rule: AlertRule) -> None:
+    task = rule.indicator.removeprefix(BENCHMARK_PREFIX).split(".")[0]
+    if task not in config.benchmarks.tasks:
+        raise ConfigError(
+            f"collapse.rules[{i}].indicator: {rule.indicator} names task {task!r}, which collapse.benchmarks.tasks "
+            f"does not list ({config.benchmarks.tasks or 'empty'})"
+        )
+    if rule.against == "reference":
+        raise ConfigError(
+            f"collapse.rules[{i}].against: {rule.indicator} is a benchmark score of the model, so it has no "
+            "reference value; use against: baseline"
+        )
+
+
+def _validate_benchmarks(benchmarks: BenchmarkConfig) -> None:
+    for key in ("limit", "batch_size"):
+        value = getattr(benchmarks, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"collapse.benchmarks.{key}: must be at least 1, got {value}")
+    if benchmarks.num_fewshot < 0:
+        raise ConfigError(f"collapse.benchmarks.num_fewshot: must be at least 0, got {benchmarks.num_fewshot}")
+    for i, task in enumerate(benchmarks.tasks):
+        if not isinstance(task, str) or not task.strip():
+            raise ConfigError(f"collapse.benchmarks.tasks[{i}]: a task name expected, got {task!r}")
 
 
 @dataclasses.dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+from testkit import BENCHMARK_TASK, write_benchmark_task
 
 from synthmix.trainer.integrations import STATE_FILE, CollapseCallback
 from synthmix.trainer.reporting.events import METRICS, read_events
@@ -23,12 +24,12 @@ HOOK = {"num_prompts": 4, "prompt_tokens": 8, "max_eval_texts": 4, "eval_seq_len
         "sampling": {"max_new_tokens": 8, "batch_size": 4}}  # fmt: skip
 
 
-def sft_trainer(tmp_path: Path, tiny_tokenizer, tiny_model, max_steps: int, **collapse):
+def sft_trainer(tmp_path: Path, tiny_tokenizer, tiny_model, max_steps: int, report_to=(), **collapse):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
         output_dir=str(tmp_path / "out"), max_steps=max_steps, per_device_train_batch_size=4, learning_rate=0.01,
-        max_length=64, use_cpu=True, report_to=[], logging_steps=1, save_steps=3, save_strategy="steps",
+        max_length=64, use_cpu=True, report_to=list(report_to), logging_steps=1, save_steps=3, save_strategy="steps",
         disable_tqdm=True, dataloader_num_workers=0, seed=0,
     )  # fmt: skip
     model = tiny_model(tiny_tokenizer).train()
@@ -58,6 +59,23 @@ def test_the_callback_evaluates_and_logs_like_a_synthmix_run(tmp_path: Path, tin
     assert [h["step"] for h in logged] == [0, 2, 4, 5]
     assert logged[-1]["collapse/real_ppl"] == of(events, "eval")[-1]["real_ppl"]
     assert [a["step"] for a in of(events, "alert")] == [2, 4, 5]  # training lowers real_ppl: the rule fires
+
+
+@pytest.mark.slow
+def test_the_callback_scores_benchmarks_and_writes_samples_to_tensorboard(tmp_path, tiny_tokenizer, tiny_model):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    benchmarks = {"tasks": [BENCHMARK_TASK], "include_path": str(write_benchmark_task(tmp_path / "tasks")), "limit": 4}
+    trainer = sft_trainer(tmp_path, tiny_tokenizer, tiny_model, 2, ["tensorboard"], benchmarks=benchmarks)
+    trainer.train()
+    out = Path(trainer.args.output_dir)
+    key = f"benchmark.{BENCHMARK_TASK}.acc"
+    assert [0.0 <= e[key] <= 1.0 for e in of(read_events(out / METRICS), "eval")] == [True, True]
+    assert [h["step"] for h in trainer.state.log_history if f"collapse/{key}" in h] == [0, 2]
+    (folder,) = {path.parent for path in (out / "runs").rglob("events.out.tfevents.*")}
+    board = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    board.Reload()
+    assert [s.step for s in board.Tensors("collapse/samples/text_summary")] == [0, 2] == list(sample_files(out))
 
 
 @pytest.mark.slow

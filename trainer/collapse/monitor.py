@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from peft import PeftModel
 
 from synthmix.data_mixers.corpus import HeldOutExample
 from synthmix.scoring import padded_nll
+from synthmix.trainer.collapse.benchmarks import Benchmarks
 from synthmix.trainer.collapse.indicators import (
     next_token_entropy,
     per_example_perplexity,
@@ -95,6 +97,7 @@ class CollapseMonitor:
         """The real continuations scored by the base model, measured with the baseline."""
         self.center: torch.Tensor | None = None
         """The mean embedding of the real continuations, which Vendi scores subtract (set with the baseline)."""
+        self.benchmarks = Benchmarks(config.benchmarks, tokenizer) if config.benchmarks.tasks else None
 
     def describe(self) -> dict[str, Any]:
         """What the hook scores and samples: the forms of its prompts and of its held-out examples."""
@@ -152,6 +155,10 @@ class CollapseMonitor:
         finally:
             model.train(was_training)
         values = {**scores, **self._indicators(samples), **self._model_scored(scored, isinstance(model, PeftModel))}
+        if self.benchmarks is not None:
+            started = time.perf_counter()
+            values.update(self.benchmarks.score(model))
+            values["benchmark_seconds"] = round(time.perf_counter() - started, 3)
         return Measured(values, samples)
 
     def _score_held_out(self, model: torch.nn.Module) -> dict[str, float]:

@@ -31,7 +31,15 @@ import numpy as np
 from synthmix.errors import ConfigError
 from synthmix.files import write_text
 from synthmix.trainer.collapse.indicators import relative_change
-from synthmix.trainer.config import INDICATOR_DIRECTION, RunConfig, run_tokenizer, validate
+from synthmix.trainer.config import (
+    BENCHMARK_PREFIX,
+    INDICATOR_DIRECTION,
+    RunConfig,
+    indicator_direction,
+    known_indicators,
+    run_tokenizer,
+    validate,
+)
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.reporting.events import METRICS, read_events, run_finished
 
@@ -70,8 +78,18 @@ def check_sweep(sweep: Sweep) -> None:
     if sweep.jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {sweep.jobs}")
     for name, tolerance in sweep.tolerances.items():
-        if name not in INDICATOR_DIRECTION:
-            raise ConfigError(f"--tolerance: unknown indicator {name!r} (known: {', '.join(INDICATOR_DIRECTION)})")
+        if indicator_direction(name) is None:
+            known = ", ".join(INDICATOR_DIRECTION)
+            raise ConfigError(
+                f"--tolerance: unknown indicator {name!r} (known: {known}, and {BENCHMARK_PREFIX}<task>.<metric> "
+                "for collapse.benchmarks)"
+            )
+        task = name.removeprefix(BENCHMARK_PREFIX).split(".")[0]
+        if name.startswith(BENCHMARK_PREFIX) and task not in sweep.config.collapse.benchmarks.tasks:
+            raise ConfigError(
+                f"--tolerance {name}: task {task!r} is not in collapse.benchmarks.tasks "
+                f"({sweep.config.collapse.benchmarks.tasks or 'empty'}), so no run would score it"
+            )
         if tolerance <= 0:
             raise ConfigError(f"--tolerance {name}: must be > 0, got {tolerance}")
     if not sweep.config.collapse.enabled:
@@ -206,7 +224,7 @@ def final_row(ratio: float, seed: int, folder: Path) -> dict[str, Any]:
     evals = [e for e in events if e.get("event") == "eval"]
     end = next((e for e in reversed(events) if e.get("event") == "end"), {})
     last = evals[-1] if evals else {}
-    indicators = {k: v for k, v in last.items() if k in INDICATOR_DIRECTION}
+    indicators = {k: last[k] for k in known_indicators(last)}
     return {"ratio": ratio, "seed": seed, "step": last.get("step"), "status": end.get("status"), "run": str(folder),
             **indicators}  # fmt: skip
 
@@ -215,7 +233,7 @@ def final_row(ratio: float, seed: int, folder: Path) -> dict[str, Any]:
 def breaks_tolerance(name: str, change: float, tolerance: float) -> bool:
     """Whether `change` moves `name` the way collapse moves it by more than `tolerance` (either way for an
     indicator without a healthy direction)."""
-    direction = INDICATOR_DIRECTION[name]
+    direction = indicator_direction(name)
     if not math.isfinite(change):  # a run that diverged (inf) or measured nothing (NaN) is not safe
         return True
     if direction > 0:

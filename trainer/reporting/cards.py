@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from synthmix.trainer.config import INDICATOR_DIRECTION
+from synthmix.trainer.config import known_indicators
 
 CARD = "README.md"
 TAGS = ["synthmix", "synthetic-data", "model-collapse-monitoring"]
@@ -94,7 +94,12 @@ def _sources_section(sources: list[dict[str, Any]]) -> str:
          ", ".join(str(s.get(k, 0)) for k in ("duplicates", "contaminated", "filtered", "unverified"))]
         for s in sources
     ]  # fmt: skip
-    return "## Training data\n\n" + _table(head, "llrrrl", rows)
+    selection = ("too_typical", "not_novel", "near_duplicates")  # the verifier's lower bound, data.filters.diversity
+    if any(s.get(k) for s in sources for k in selection):
+        head.append("removed (too typical, not novel, near duplicates)")
+        for row, s in zip(rows, sources, strict=True):
+            row.append(", ".join(str(s.get(k, 0)) for k in selection))
+    return "## Training data\n\n" + _table(head, "llrrrl" + "l" * (len(head) - 6), rows)
 
 
 def _ratio_section(epochs: list[dict[str, Any]]) -> str:
@@ -113,7 +118,7 @@ def _indicator_section(evals: list[dict[str, Any]]) -> str:
         return "## Collapse indicators\n\nThe collapse hook was off.\n"
     baseline, final = evals[0], evals[-1]
     rows = []
-    for name in (n for n in INDICATOR_DIRECTION if n in final):
+    for name in known_indicators(final):
         before, after = baseline.get(name), final.get(name)
         numbers = isinstance(before, (int, float)) and isinstance(after, (int, float)) and before
         rows.append(
@@ -150,9 +155,12 @@ def data_card_path(corpus: Path) -> Path:
 
 
 def data_card(
-    count: int, generator: str, prompt_file: str, prompt_tokens: int, sampling: dict[str, Any], corpus_name: str
-) -> str:
-    """The data card of a synthetic corpus written by `synthmix generate`."""
+    count: int, generator: str, prompt_file: str, prompt_tokens: int, sampling: dict[str, Any], corpus_name: str,
+    *, backend: str = "hf", prompt_unit: str = "tokens", usage: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
+    """The data card of a synthetic corpus written by `synthmix generate`. `backend` is hf (sampled in-process)
+    or openai (a served model); `prompt_unit` what `prompt_tokens` counts (tokens or words), or `conversation`
+    for chats prompted up to their last user turn; `usage` the served backend's totals (lines, tokens)."""
     header = _header(
         {
             "tags": ["synthetic", "synthmix"],
@@ -161,16 +169,30 @@ def data_card(
         }
     )
     settings = "\n".join(f"| {k} | {v} |" for k, v in sampling.items())
+    if prompt_unit == "conversation":
+        what = f"{count:,} chats, each a conversation from a real chat up to its last user turn and the model's reply"
+        prompts = f"{prompt_file} (conversations drawn by a seeded shuffle, cut after their last user turn)"
+    else:
+        what = f"{count:,} texts, each a prompt of {prompt_tokens} {prompt_unit} from a real text and the model's "
+        what += "continuation"
+        prompts = f"{prompt_file} (the first {prompt_tokens} {prompt_unit} of texts drawn by a seeded shuffle)"
+    totals = ""
+    if usage:
+        rows = "\n".join(f"| {k.replace('_', ' ')} | {_fmt_total(v)} |" for k, v in usage.items())
+        totals = f"## Totals\n\n| total | value |\n|---|---|\n{rows}\n\n"
     return (
-        f"{header}\n# {corpus_name}\n\nA synthetic corpus: {count:,} texts, each a prompt of {prompt_tokens} tokens "
-        f"from a real text and the model's continuation, sampled by `synthmix generate` on "
+        f"{header}\n# {corpus_name}\n\nA synthetic corpus: {what}, sampled by `synthmix generate` on "
         f"{datetime.date.today().isoformat()}. Every line of the JSONL file repeats its provenance (generator, "
         f"prompt file and index, sampling settings).\n\n"
-        f"- **generator**: {generator}\n- **prompts**: {prompt_file} (the first {prompt_tokens} tokens of texts "
-        f"drawn by a seeded shuffle)\n- **count**: {count:,}\n\n## Sampling\n\n| setting | value |\n|---|---|\n"
-        f"{settings}\n\nUse it as a `kind: synthetic` source of a synthmix config; it is model-generated text, "
+        f"- **generator**: {generator}\n- **backend**: {backend}\n- **prompts**: {prompts}\n- **count**: {count:,}\n\n"
+        f"## Sampling\n\n| setting | value |\n|---|---|\n{settings}\n\n{totals}"
+        "Use it as a `kind: synthetic` source of a synthmix config; it is model-generated text, "
         "not human-written.\n"
     )
+
+
+def _fmt_total(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _size_category(count: int) -> str:

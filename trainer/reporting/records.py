@@ -20,6 +20,7 @@ NOT_INDICATORS = {
     "seed",
     "real_fraction",
     "seconds",
+    "benchmark_seconds",
     "realized_synthetic_ratio",
     "target_synthetic_ratio",
     "synthetic_share",

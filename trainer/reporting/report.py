@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from synthmix.files import write_text
-from synthmix.trainer.config import INDICATOR_DIRECTION
+from synthmix.trainer.config import BENCHMARK_PREFIX, INDICATOR_DIRECTION
 from synthmix.trainer.reporting.plots import ALERT_RED, PALETTE, generation_plot, indicator_plot, loss_plots, ratio_plot
 from synthmix.trainer.reporting.records import ReportError, RunRecord, indicator_names, load_run, num
 from synthmix.trainer.reporting.samples import read_samples, sample_files
@@ -48,6 +48,16 @@ COLLAPSE_DIRECTION: dict[str, tuple[int, str]] = {
     name: (-INDICATOR_DIRECTION[name], sentence) for name, sentence in COLLAPSE_SENTENCES.items()
 }
 UNKNOWN_DIRECTION = (0, "Not a documented collapse indicator; shown as logged.")
+BENCHMARK_DIRECTION = (-1, "Falls under collapse: the model does worse on this lm-evaluation-harness task.")
+
+
+def collapse_direction(name: str) -> tuple[int, str]:
+    """The way collapse moves an indicator (+1 up, -1 down, 0 either) and the sentence that says so."""
+    if name.startswith(BENCHMARK_PREFIX):
+        return BENCHMARK_DIRECTION
+    return COLLAPSE_DIRECTION.get(name, UNKNOWN_DIRECTION)
+
+
 SIGNIFICANT_CHANGE = 10.0  # percent vs baseline, in the collapse direction, that the table paints red
 
 
@@ -170,7 +180,7 @@ def _eval_table(run: RunRecord, names: list[str]) -> str:
     head = "".join(f"<th>{e(_when(ev))}</th>" for ev in run.evals)
     body = []
     for name in names:
-        direction = COLLAPSE_DIRECTION.get(name, UNKNOWN_DIRECTION)[0]
+        direction = collapse_direction(name)[0]
         cells = [f"<td>{e(name)}</td><td>{e(_fmt(run.reference.get(name)))}</td>"]
         for ev in run.evals:
             change = _change(ev.get(name), base.get(name)) if ev is not base else None
@@ -209,7 +219,7 @@ def _indicator_section(runs: list[RunRecord], names: list[str], pngs: dict[str, 
     for name in names:
         pngs[name] = indicator_plot(name, runs)
         now = _caption_now(runs[0], name) if len(runs) == 1 else ""
-        cards.append(_card(pngs[name], name, COLLAPSE_DIRECTION.get(name, UNKNOWN_DIRECTION)[1], now))
+        cards.append(_card(pngs[name], name, collapse_direction(name)[1], now))
     body = f"{_legend(runs)}<div class='grid'>{''.join(cards)}</div>" if cards else "<p>No eval event logged yet.</p>"
     return "<h2>Collapse indicators per eval</h2>" + body
 
@@ -236,7 +246,7 @@ def _generation_section(runs: list[RunRecord], pngs: dict[str, bytes]) -> str:
     cards = []
     for name in indicator_names([g for r in runs for g in r.generations]):
         pngs[f"generations_{name}"] = png = generation_plot(name, runs)
-        cards.append(_card(png, name, COLLAPSE_DIRECTION.get(name, UNKNOWN_DIRECTION)[1]))
+        cards.append(_card(png, name, collapse_direction(name)[1]))
     return (
         "<h2>Self-consuming generations</h2><p class='meta'>Each generation trains on samples of the one before; "
         f"one line per strategy.</p><div class='grid'>{''.join(cards)}</div>"

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from synthmix.files import write_text
-from synthmix.trainer.config import INDICATOR_DIRECTION
+from synthmix.trainer.config import indicator_direction, known_indicators
 from synthmix.trainer.reporting.plots import PALETTE, sweep_overlay_plot, sweep_ratio_plot
 from synthmix.trainer.reporting.records import load_run, num
-from synthmix.trainer.reporting.report import COLLAPSE_SENTENCES, CSS, _card, _fmt
+from synthmix.trainer.reporting.report import CSS, _card, _fmt, collapse_direction
 
 PAGE_FILE = "sweep.html"
 
@@ -21,17 +21,17 @@ def write_sweep_page(run_dir: Path, rows: list[dict[str, Any]], result: dict[str
     """RUN_DIR/sweep.html, self-contained (plots embedded as PNG); the against-the-ratio plots also go to
     RUN_DIR/plots/ratio_<indicator>.png."""
     tolerances = result["tolerances"]
-    names = [n for n in INDICATOR_DIRECTION if any(num(r.get(n)) is not None for r in rows)]
+    names = [n for n in known_indicators(k for r in rows for k in r) if any(num(r.get(n)) is not None for r in rows)]
     names = [n for n in tolerances if n in names] + [n for n in names if n not in tolerances]
     ratios = sorted({r["ratio"] for r in rows})
     cards = []
     (run_dir / "plots").mkdir(exist_ok=True)
     for name in names:
         by_ratio = {ratio: [r.get(name) for r in rows if r["ratio"] == ratio] for ratio in ratios}
-        png = sweep_ratio_plot(name, by_ratio, tolerances.get(name), INDICATOR_DIRECTION[name])
+        png = sweep_ratio_plot(name, by_ratio, tolerances.get(name), indicator_direction(name))
         (run_dir / "plots" / f"ratio_{name}.png").write_bytes(png)
         note = f"tolerance {tolerances[name]:.0%} (past the red line: unsafe)" if name in tolerances else ""
-        cards.append(_card(png, name, COLLAPSE_SENTENCES.get(name, ""), note))
+        cards.append(_card(png, name, collapse_direction(name)[1], note))
     records = [(row["ratio"], load_run(Path(row["run"]))) for row in rows]
     overlays = [_card(sweep_overlay_plot(name, records), name) for name in names]
     e = html.escape

@@ -97,6 +97,11 @@ def _launch(config: RunConfig) -> tuple[Sharding | None, Accelerator]:
     sharding = sharding_for_launch(config.train.sharding)
     if sharding is not None and config.model.quantization.bits is not None:
         raise TrainerError("FSDP cannot shard a bitsandbytes-quantized base (model.quantization.bits); use DDP")
+    if sharding is not None and config.collapse.enabled and config.collapse.benchmarks.tasks:
+        raise TrainerError(
+            "collapse.benchmarks: lm-evaluation-harness scores a model on one process, and FSDP shards the weights "
+            "over all of them; train with DDP (train.sharding: none), or set collapse.benchmarks.tasks: []"
+        )
     return sharding, make_accelerator(config.train.mixed_precision, config.train.report_to, Path(config.output_dir))
 
 
