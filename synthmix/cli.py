@@ -7,6 +7,7 @@
     synthmix recursive --config CONFIG --strategy replace|accumulate|fixed_real|adaptive [--generations G] ...
     synthmix sweep     --config CONFIG --ratios 0,0.25,0.5 [--seeds 0,1,2] [--steps N] [--run-dir DIR] [--jobs J]
     synthmix generate  --model MODEL --prompts FILE [--n N] [--out FILE] [sampling flags]
+    synthmix generate  --backend openai --base-url URL --model NAME --prompts FILE [--messages-field F] ...
     synthmix demo      [--samples N] [--cache-dir DIR] [--section.key VALUE ...]
 
 An error the user can fix (a `UserError`: a bad key, a missing file, a malformed line, a full disk) prints one
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -227,6 +229,70 @@ def _sampling(args: argparse.Namespace, seed: int) -> Any:
     return sampling
 
 
+# ---------------------------------------------------------------------------------------------- served backend
+def _served_arguments(parser: argparse.ArgumentParser, model_flag: str | None = None, backend_help: str = "") -> None:
+    """--backend and the flags of a served model (an OpenAI-compatible server); see trainer/generation/served.py."""
+    group = parser.add_argument_group("served backend")
+    group.add_argument(
+        "--backend",
+        choices=("hf", "openai"),
+        default="hf",
+        help=backend_help
+        or "hf: sample in this process with transformers (default); openai: request completions from an "
+        "OpenAI-compatible server (vLLM, TGI, llama.cpp, transformers serve, OpenAI)",
+    )
+    group.add_argument(
+        "--base-url", metavar="URL", help="--backend openai: the API root, e.g. http://127.0.0.1:8000/v1"
+    )
+    if model_flag is not None:
+        group.add_argument(model_flag, metavar="NAME", help="--backend openai: the model name the server expects")
+    group.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="--backend openai: environment variable holding the API key (default: OPENAI_API_KEY; unset: no key)",
+    )
+    group.add_argument("--concurrency", type=int, metavar="K", help="--backend openai: requests in flight (default: 8)")
+    group.add_argument(
+        "--timeout", type=float, metavar="S", help="--backend openai: seconds per request (default: 300)"
+    )
+    group.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="--backend openai: tries per request on 429, 5xx, timeouts (default: 6)",
+    )
+
+
+def _endpoint(args: argparse.Namespace, model: str | None, model_flag: str = "--model") -> Any:
+    """The served model's Endpoint, or None for --backend hf (where the served flags are errors)."""
+    served_flags = {
+        "--base-url": args.base_url,
+        "--api-key-env": args.api_key_env,
+        "--concurrency": args.concurrency,
+        "--timeout": args.timeout,
+        "--max-attempts": args.max_attempts,
+    }
+    if model_flag != "--model":  # generate's --model names the hf model too
+        served_flags[model_flag] = model
+    if args.backend != "openai":
+        for flag, value in served_flags.items():
+            if value is not None:
+                raise ConfigError(f"{flag}: only with --backend openai")
+        return None
+    for flag, value in (("--base-url", args.base_url), (model_flag, model)):
+        if not value:
+            raise ConfigError(f"{flag}: required with --backend openai")
+    variable = args.api_key_env or "OPENAI_API_KEY"
+    key = os.environ.get(variable) or None
+    if args.api_key_env and key is None:
+        raise ConfigError(f"--api-key-env: the environment variable {variable} is not set")
+    from synthmix.trainer.generation.served import Endpoint
+
+    defaults = {"concurrency": 8, "timeout": 300.0, "max_attempts": 6}
+    chosen = {name: getattr(args, name) for name in defaults if getattr(args, name) is not None}
+    return Endpoint(args.base_url, model, key, **{**defaults, **chosen})
+
+
 # ---------------------------------------------------------------------------------------------- recursive
 def _recursive_arguments(parser: argparse.ArgumentParser) -> None:
     _add_config(parser)
@@ -243,6 +309,14 @@ def _recursive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, help="where the generations go (default: OUTPUT_DIR/<strategy>)")
     # Truncated sampling by default: it cuts each generation's tail, so collapse shows within a few generations.
     _sampling_arguments(parser, max_new_tokens=112, top_p=0.9)
+    # --served-model, not --model: `--model ...` is the config's model section as an override.
+    _served_arguments(
+        parser,
+        model_flag="--served-model",
+        backend_help="hf: every generation samples in this process (default); openai: generation 1's corpus is "
+        "requested from a served model (--served-model, e.g. the base model or a teacher), later generations "
+        "sample in this process from the model just trained",
+    )
 
 
 def _recursive(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -265,7 +339,12 @@ def _recursive(args: argparse.Namespace, overrides: list[str]) -> None:
         real_fraction=args.real_fraction,
         samples=args.samples or sum(1 for _ in real_training_texts(config.data)),
         sampling=_sampling(args, seed=config.seed),
+        served=_endpoint(args, args.served_model, "--served-model"),
     )
+    if experiment.served is not None:
+        from synthmix.trainer.generation.served import ServedSampling
+
+        ServedSampling.from_sampling(experiment.sampling)  # --top-k, --num-beams: refused before any training
     print(f"generations: {run_experiment(experiment) / SUMMARY}")
 
 
@@ -334,18 +413,33 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------- generate
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="hub name or local folder of a causal LM")
-    parser.add_argument("--tokenizer", help="hub name or folder (default: --model)")
+    parser.add_argument(
+        "--model", required=True, help="hub name or local folder of a causal LM; --backend openai: the served name"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        help="hub name or folder (default: --model); --backend openai: counts --prompt-tokens (default: words)",
+    )
     parser.add_argument("--adapter", help="peft adapter folder applied on top of --model")
     parser.add_argument("--prompts", required=True, type=Path, help="JSONL, Parquet, CSV or .txt file of real texts")
     parser.add_argument("--text-field", default="text", help="field holding the text (default: text)")
+    parser.add_argument(
+        "--messages-field",
+        help="--backend openai: field holding chats; each is prompted up to its last user turn, written as messages",
+    )
     parser.add_argument("--n", type=int, default=1000, help="samples to write (default: 1000)")
-    parser.add_argument("--prompt-tokens", type=int, default=16, help="tokens of real text per prompt (default: 16)")
+    parser.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=16,
+        help="tokens of real text per prompt (default: 16); --backend openai without --tokenizer: words",
+    )
     parser.add_argument("--out", type=Path, default=Path("synthetic.jsonl"), help="output JSONL file")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub to run")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if present")
     parser.add_argument("--seed", type=int, default=0, help="seeds the prompt choice and the sampling")
     _sampling_arguments(parser, max_new_tokens=128, top_p=1.0)
+    _served_arguments(parser)
 
 
 def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -353,6 +447,12 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
         if value < 1:
             raise ConfigError(f"{flag}: must be at least 1, got {value}")
     sampling = _sampling(args, seed=args.seed)
+    endpoint = _endpoint(args, args.model)
+    if endpoint is not None:
+        _generate_served(args, endpoint, sampling)
+        return
+    if args.messages_field is not None:
+        raise ConfigError("--messages-field: chat prompts need --backend openai")
     load_bitsandbytes_only_to_quantize(False)  # sampling loads no quantized model
     from synthmix.data_mixers.config import SourceConfig
     from synthmix.data_mixers.sources import load_source
@@ -371,6 +471,34 @@ def _generate(args: argparse.Namespace, overrides: list[str]) -> None:
         generator_name=generator, prompt_file=str(args.prompts), out_path=args.out, progress=True,
     )  # fmt: skip
     print(f"wrote {written} samples to {args.out}", file=sys.stderr)
+
+
+def _generate_served(args: argparse.Namespace, endpoint: Any, sampling: Any) -> None:
+    """`synthmix generate --backend openai`: resumable, see trainer/generation/served.py."""
+    if args.adapter is not None:
+        raise ConfigError("--adapter: with --backend openai the server applies adapters; name the served one --model")
+    from synthmix.trainer.generation.served import Prompts, ServedSampling, generate_served, load_tokenizer
+
+    served_sampling = ServedSampling.from_sampling(sampling)
+    from synthmix.data_mixers.config import SourceConfig
+    from synthmix.data_mixers.sources import load_source
+
+    chat = args.messages_field is not None
+    source = SourceConfig(
+        name="prompts", path=str(args.prompts), text_field=args.text_field, messages_field=args.messages_field
+    )
+    items = list(load_source(source).items)
+    tokenizer = load_tokenizer(args.tokenizer, args.trust_remote_code) if args.tokenizer and not chat else None
+    prompts = Prompts(
+        str(args.prompts), items, field=args.messages_field if chat else args.text_field, chat=chat,
+        length=args.prompt_tokens, tokenizer=tokenizer, tokenizer_name=args.tokenizer if tokenizer else None,
+    )  # fmt: skip
+    totals = generate_served(endpoint, prompts, args.n, served_sampling, args.out, progress=True)
+    print(
+        f"wrote {totals.written} new samples to {args.out} ({totals.lines} lines; {totals.prompt_tokens:,} prompt "
+        f"and {totals.completion_tokens:,} completion tokens)",
+        file=sys.stderr,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- demo

@@ -33,6 +33,7 @@ LONGEST_FIRST = (
     "tests/trainer/test_integrations.py",
     "tests/trainer/test_disk_full.py",
     "tests/bench/test_bench_stream.py",
+    "tests/synthmix/test_served.py",
     "tests/trainer/test_trl_dataset.py",
 )
 """The files that take 15 s or more of a worker's time (pytest --durations), longest first: `make test` runs with

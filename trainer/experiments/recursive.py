@@ -15,6 +15,11 @@ fine-tunes the base model on it with the collapse hook, and becomes the sampler 
   `adaptive_share`).
 Each generation is a run folder RUN_DIR/gen-G; a finished generation is skipped on restart and an unfinished
 one resumes from its latest checkpoint. RUN_DIR/generations.jsonl sums up every generation's final indicators.
+
+With a served model (`Experiment.served`, `--backend openai`), generation 1's corpus is requested from that
+server instead of sampled in-process from `model.name`: serve the base model itself, or a teacher, to start the
+loop from its data. Later generations sample in-process from the adapter just trained, as without it (a model
+trained inside the loop is not served by anyone). The served corpus resumes where an interrupted call left it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from synthmix.trainer.config import RunConfig, run_tokenizer
 from synthmix.trainer.errors import TrainerError
 from synthmix.trainer.generation.corpus import generate_corpus
 from synthmix.trainer.generation.sampling import SamplingConfig
+from synthmix.trainer.generation.served import Endpoint, Prompts, ServedSampling, generate_served
 from synthmix.trainer.reporting.events import METRICS, read_events, run_finished
 from synthmix.trainer.runtime.loop import train
 
@@ -54,6 +60,8 @@ class Experiment:
     samples: int
     sampling: SamplingConfig
     prompt_tokens: int = 16
+    served: Endpoint | None = None
+    """Generation 1's corpus from this served model (an OpenAI-compatible server) instead of `model.name`."""
 
 
 def run_experiment(exp: Experiment) -> Path:
@@ -71,12 +79,11 @@ def run_experiment(exp: Experiment) -> Path:
     for generation in range(1, exp.generations + 1):
         folder = exp.run_dir / f"gen-{generation}"
         corpus = folder / "synthetic.jsonl"
-        if not corpus.is_file():
-            print(
-                f"[generation {generation}/{exp.generations}] sampling {exp.samples} texts from generation "
-                f"{generation - 1}",
-                flush=True,
-            )
+        served = generation == 1 and exp.served is not None
+        # A served corpus is appended line by line: until its generation trains, a call finishes (or checks) it.
+        if not corpus.is_file() or (served and not run_finished(folder) and not (folder / "checkpoints").is_dir()):
+            where = f"the served model {exp.served.model}" if served and exp.served else f"generation {generation - 1}"
+            print(f"[generation {generation}/{exp.generations}] sampling {exp.samples} texts from {where}", flush=True)
             _sample_corpus(exp, generation, real_texts, corpus)
         if not run_finished(folder):
             share = _generation_config(exp, generation).data.synthetic_ratio
@@ -92,12 +99,21 @@ def run_experiment(exp: Experiment) -> Path:
 
 
 def _sample_corpus(exp: Experiment, generation: int, real_texts: list[str], out: Path) -> None:
-    """Generation g's corpus, sampled from generation g-1 (the base model, or base + its adapter)."""
+    """Generation g's corpus, sampled from generation g-1 (the base model, or base + its adapter); generation 1's
+    requested from `exp.served` instead when set (prompts counted in the run tokenizer's tokens, as in-process)."""
     base = exp.config.model.name
     tokenizer_config = run_tokenizer(exp.config)
     tokenizer = AutoTokenizer.from_pretrained(
         tokenizer_config.name, trust_remote_code=tokenizer_config.trust_remote_code
     )
+    sampling = dataclasses.replace(exp.sampling, seed=exp.sampling.seed + 1000 * generation)
+    if generation == 1 and exp.served is not None:
+        prompts = Prompts(
+            "real training text", real_texts, length=exp.prompt_tokens, tokenizer=tokenizer,
+            tokenizer_name=tokenizer_config.name,
+        )  # fmt: skip
+        generate_served(exp.served, prompts, exp.samples, ServedSampling.from_sampling(sampling), out, progress=True)
+        return
     previous = exp.run_dir / f"gen-{generation - 1}"
     if generation > 1 and (previous / "model").is_dir():  # lora.r: 0 trains, and saves, the whole model
         model = AutoModelForCausalLM.from_pretrained(str(previous / "model"), dtype=torch.float32)
@@ -110,7 +126,6 @@ def _sample_corpus(exp: Experiment, generation: int, real_texts: list[str], out:
             name = f"{base} + adapter {previous / 'adapter'}"
     if torch.cuda.is_available():
         model = model.to("cuda")
-    sampling = dataclasses.replace(exp.sampling, seed=exp.sampling.seed + 1000 * generation)
     generate_corpus(
         model,
         tokenizer,
