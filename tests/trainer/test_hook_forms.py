@@ -16,6 +16,7 @@ from testkit import run_config
 
 from synthmix.data_mixers.encoding import last_span_starts
 from synthmix.trainer.generation.prompts import end_of_turn_id
+from synthmix.trainer.integrations.collapse_callback import CollapseCallback
 from synthmix.trainer.reporting.events import METRICS, read_events
 from synthmix.trainer.reporting.report import write_report
 from synthmix.trainer.reporting.samples import read_samples, sample_files
@@ -158,3 +159,18 @@ def test_a_resumed_run_measures_its_later_evals_again_and_keeps_the_earlier_file
     # The resumed eval samples the same prompts with the same seed as an uninterrupted run to step 3 would.
     straight = train(run_config(path, tmp_path / "straight", "--train.max_steps", "3"))
     assert after[3] == (straight / "samples" / "step-3.jsonl").read_bytes()
+
+
+def test_the_hf_callback_takes_held_out_chats(tiny_tokenizer) -> None:
+    callback = CollapseCallback.from_chats(CHATS[:6], tiny_tokenizer, num_prompts=3, prompt_tokens=4)
+    monitor = callback.monitor
+    for prompt in monitor.prompts:
+        text = tiny_tokenizer.decode(prompt.prompt)
+        assert prompt.reply and text.endswith("?<|im_end|>\n" + GENERATION_PROMPT)
+        assert tiny_tokenizer.decode(prompt.reference) == CHATS[prompt.example][-1]["content"]
+    # Held-out perplexity counts the replies (and their end of turn) only.
+    ids, counted = monitor.eval_rows[1]
+    scored = tiny_tokenizer.decode([t for t, on in zip(ids, counted, strict=True) if on])
+    assert scored == "".join(f"{m['content']}<|im_end|>\n" for m in CHATS[1] if m["role"] == "assistant")
+    every = CollapseCallback.from_chats(CHATS[:6], tiny_tokenizer, assistant_only_loss=False).monitor
+    assert all(mask.all() for _, mask in every.eval_rows)

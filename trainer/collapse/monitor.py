@@ -99,15 +99,6 @@ class CollapseMonitor:
         """The mean embedding of the real continuations, which Vendi scores subtract (set with the baseline)."""
         self.benchmarks = Benchmarks(config.benchmarks, tokenizer) if config.benchmarks.tasks else None
 
-    def describe(self) -> dict[str, Any]:
-        """What the hook scores and samples: the forms of its prompts and of its held-out examples."""
-        replies = sum(p.reply for p in self.prompts)
-        return {
-            "prompts": {"text": len(self.prompts) - replies, "reply": replies},
-            "held_out_scored_tokens": int(sum(int(row[1].sum()) for row in self.eval_rows)),
-            "stop_ids": self.stop_ids,
-        }
-
     def sample_records(self, samples: list[list[int]]) -> list[dict[str, Any]]:
         """One readable record per sample: its prompt and completion as text, and where the prompt came from."""
         records = []

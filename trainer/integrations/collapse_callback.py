@@ -24,6 +24,7 @@ from accelerate.utils import broadcast_object_list
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from synthmix.data_mixers.corpus import HeldOutExample
+from synthmix.data_mixers.encoding import encode_chat, last_span_starts
 from synthmix.errors import UserError
 from synthmix.files import write_text
 from synthmix.schema import build
@@ -79,6 +80,21 @@ class CollapseCallback(TrainerCallback):
         `collapse` keys as keyword arguments (`every_steps=50`, `rules=[...]`, `num_prompts=32`, ...)."""
         ids = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
         return cls(ids, tokenizer, trainer, collapse)
+
+    @classmethod
+    def from_chats(
+        cls, chats: list[list[dict[str, str]]], tokenizer: Any, trainer: Any = None, assistant_only_loss: bool = True,
+        **collapse: Any,
+    ) -> CollapseCallback:  # fmt: skip
+        """Held-out conversations (lists of `{role, content}`), rendered with the tokenizer's chat template as
+        training chats are: the hook prompts with each up to its last user turn and scores its reply; held-out
+        perplexity counts the assistant's tokens only when `assistant_only_loss` (as your training's loss does)."""
+        examples = []
+        for i, chat in enumerate(chats):
+            ids, mask = encode_chat(tokenizer, chat)
+            reply_start = int(last_span_starts([mask])[0])
+            examples.append(HeldOutExample(ids, mask if assistant_only_loss else None, reply_start, "chats", i))
+        return cls(examples, tokenizer, trainer, collapse)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
