@@ -83,6 +83,13 @@ def test_bad_benchmark_settings_are_one_line_errors(make_config, task_dir: Path,
     rule = "[{indicator: benchmark.other.acc, direction: down, threshold: 0.1}]"
     with pytest.raises(ConfigError, match=r"names task 'other', which collapse.benchmarks.tasks does not list"):
         load_config(path, [*overrides(task_dir), "--collapse.rules", rule])
+    with pytest.raises(TrainerError, match=r"collapse.benchmarks: .* FSDP shards the weights over all of them"):
+        train(run_config(path, tmp_path / "fsdp", *overrides(task_dir), "--train.sharding", "fsdp2"))
+
+
+@pytest.mark.slow  # lm-eval indexes its ~15,000 tasks to look for it
+def test_an_unknown_task_is_one_line(make_config, task_dir: Path, tmp_path: Path) -> None:
+    path = make_config()
     with pytest.raises(TrainerError, match=r"collapse.benchmarks.tasks: 'nope' not among lm-eval's tasks or those"):
         train(run_config(path, tmp_path / "run", *overrides(task_dir), "--collapse.benchmarks.tasks", "[nope]"))
 
