@@ -19,6 +19,7 @@ LONGEST_FIRST = (
     "tests/trainer/test_collapse.py",
     "tests/bench/test_bench_trainer.py",
     "tests/trainer/test_sweep.py",
+    "tests/trainer/test_multi_node.py",
     "tests/configs/test_ready_configs.py",
     "tests/trainer/test_trackers.py",
     "tests/trainer/test_recursive.py",
