@@ -4,6 +4,10 @@
     .venv/bin/python bench/bench_trainer.py --concurrent     # side by side, 1 thread each (a machine shared with
                                                              # other jobs: both trainers see the same load)
     .venv/bin/python bench/bench_trainer.py --model qwen2.5-0.5b-arch --device cuda   # bf16, 4 x 2048, with MFU
+    .venv/bin/python bench/bench_trainer.py --gpu            # the one-shot GPU suite, within --budget-s (480 s);
+                                                             # on a lent GPU machine: docs/gpu-bench.md
+    .venv/bin/python bench/bench_trainer.py --gpu --device cpu --batch 2 --seq-len 64 --warmup 1 --steps 1
+                                                             # the same suite on CPU with the tiny model (smoke)
 
 Same model (one config, one seed), same token stream (the mixer's epoch of python_docs + tiny_synthetic, with
 a BPE trained locally), same LoRA (r 8, alpha 16, dropout 0.05, q/k/v/o), same rows x length, same optimizer
@@ -52,6 +56,7 @@ H100_BF16_DENSE = 989e12
 # Dense bf16 peaks (tensor cores, no sparsity) by the GPU's name; MFU is against the first that matches.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12}
 TRAINERS = ("ours", "trl-wrapped", "trl-bfd")
+GPU_BUDGET_S = 480.0  # --gpu's whole run, set-up and correctness run included: 8 minutes of a 15-minute GPU lease
 
 MODELS = {
     # Llama-style, 3.4 M parameters with the 4096-token vocabulary (hidden 256, 4 layers, 4 heads of 64).
@@ -91,8 +96,8 @@ MODELS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; `--worker` is how the parent starts one trainer in a subprocess."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=tuple(MODELS), default="tiny-llama")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--model", choices=tuple(MODELS), help="default: tiny-llama (--gpu on cuda: qwen2.5-0.5b-arch)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cpu (--gpu: cuda)")
     parser.add_argument("--batch", type=int, help="rows per step (default: the model's preset)")
     parser.add_argument("--seq-len", type=int, help="tokens per row (default: the model's preset)")
     parser.add_argument("--warmup", type=int, default=3, help="steps run first and left out of the timing")
@@ -107,15 +112,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--attention", default="sdpa", help="model.attn_implementation of our trainer")
     parser.add_argument("--loss", default="auto", help="train.loss of our trainer")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj", help="comma-separated or all-linear")
-    parser.add_argument("--packing", default="wrap", choices=("wrap", "bfd"), help="data.packing of our trainer")
+    parser.add_argument("--lora-r", type=int, help="default: 8 (--gpu: 16)")
+    parser.add_argument("--target-modules", help="comma-separated or all-linear (default: q/k/v/o; --gpu: all-linear)")
+    parser.add_argument(
+        "--packing", choices=("wrap", "bfd"), help="data.packing of our trainer (default: wrap; --gpu: bfd)"
+    )
     parser.add_argument(
         "--gpu",
         action="store_true",
         help="the one-shot GPU run: the Qwen2.5-0.5B architecture, LoRA r 16 on all linear layers, bf16, 4 x 2048, "
         "ours with every attention path and loss that runs there against TRL, then a correctness run; writes "
-        "--out (about 8 minutes on one H100)",
+        "--out, within --budget-s (8 minutes); with --device cpu the same run at the sizes given (a smoke test)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="--suite/--gpu: the seconds the whole run may take (default: 480 with --gpu, else none); each "
+        "configuration starts only if, by the times measured so far, it and the correctness run still fit, and the "
+        "ones left out are listed in the figures",
     )
     parser.add_argument(
         "--suite",
@@ -126,10 +140,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.gpu:
-        args.suite, args.device, args.model = True, "cuda", "qwen2.5-0.5b-arch"
-        args.lora_r, args.target_modules, args.packing = 16, "all-linear", "bfd"
+    # --gpu's settings, each where the command line does not give its own (`--gpu --device cpu --model tiny-llama`
+    # runs the GPU run's logic on CPU at a tiny size).
+    gpu = args.gpu
+    args.device = args.device or ("cuda" if gpu else "cpu")
+    args.model = args.model or ("qwen2.5-0.5b-arch" if gpu and args.device == "cuda" else "tiny-llama")
+    args.lora_r = args.lora_r or (16 if gpu else 8)
+    args.target_modules = args.target_modules or ("all-linear" if gpu else "q_proj,k_proj,v_proj,o_proj")
+    args.packing = args.packing or ("bfd" if gpu else "wrap")
+    if gpu:
+        args.suite = True
         args.warmup, args.steps = min(args.warmup, 3), min(args.steps, 20)
+        args.budget_s = args.budget_s or GPU_BUDGET_S
     preset = MODELS[args.model]
     args.batch = args.batch or preset["batch"]
     args.seq_len = args.seq_len or preset["seq_len"]
@@ -415,12 +437,29 @@ def worker(args: argparse.Namespace) -> dict:
             result = run_trl(args, output_dir, args.worker.removeprefix("trl-"))
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
-    return {"trainer": args.worker, "threads": torch.get_num_threads(), **result}
+    return {"trainer": args.worker, "threads": torch.get_num_threads(), "synthmix": synthmix_folder(), **result}
 
 
 # ---------------------------------------------------------------------------------------------- the parent
+def synthmix_folder() -> str:
+    """The folder `synthmix.trainer` is imported from: the repository's trainer/ (editable install) or a wheel's."""
+    import importlib.util
+
+    return str(Path(importlib.util.find_spec("synthmix.trainer").origin).parent)
+
+
+def version(package: str) -> str:
+    """An installed distribution's version, or why there is none (TRL and datasets may be missing on a GPU image)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def machine() -> dict:
-    """Where the numbers come from."""
+    """Where the numbers come from, and with which libraries."""
     import torch
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
@@ -431,33 +470,46 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-    for package in ("transformers", "peft", "accelerate", "trl"):
-        info[package] = __import__(package).__version__
+    for package in ("transformers", "peft", "accelerate", "trl", "datasets", "pyarrow", "huggingface_hub"):
+        info[package] = version(package)
+    info["synthmix"] = synthmix_folder()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
 
 
-def start_worker(name: str, argv: list[str], barrier: str | None) -> subprocess.Popen:
-    """One trainer in a fresh interpreter (output collected by `collect`)."""
-    env = {
+def child_env() -> dict[str, str]:
+    """The environment of every process the bench starts. synthmix comes from where this process found it (the
+    editable install, or a wheel installed into a folder on PYTHONPATH, as on a GPU image): never from the
+    repository root, whose synthmix/ lacks the trainer/ and data_mixers/ that setup.py maps into the package."""
+    return {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TRANSFORMERS_VERBOSITY": "error",
         "DISABLE_MLFLOW_INTEGRATION": "TRUE",
     }
+
+
+def start_worker(name: str, argv: list[str], barrier: str | None) -> subprocess.Popen:
+    """One trainer in a fresh interpreter (output collected by `collect`)."""
+    env = child_env()
     if barrier:
         env["BENCH_BARRIER"] = barrier
     command = [sys.executable, __file__, *argv, "--worker", name]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
 
 
-def collect(name: str, proc: subprocess.Popen) -> dict:
-    """The worker's result: its last stdout line starting with RESULT_PREFIX."""
-    stdout, stderr = proc.communicate()
+def collect(name: str, proc: subprocess.Popen, timeout: float | None = None) -> dict:
+    """The worker's result: its last stdout line starting with RESULT_PREFIX (a worker still running after
+    `timeout` seconds is stopped, and fails)."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise SystemExit(f"{name} stopped after {timeout:.0f} s, past the budget") from None
     lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode or not lines:
         raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
@@ -590,18 +642,72 @@ def losses(device: str) -> list[str]:
 
 
 def suite_configs(args: argparse.Namespace) -> list[tuple[str, str, str]]:
-    """(trainer, attention, loss) of every run: ours on each attention path with the chunked loss and with
-    each other loss on the fastest path; TRL wrapped (plain causal attention) and bfd (isolating)."""
+    """(trainer, attention, loss) of every run, in the order a budget keeps them: ours on the fastest attention
+    path with the chunked loss, TRL wrapped (plain causal attention) and bfd (isolating), then ours on each other
+    path with the chunked loss and with each other loss on the fastest path."""
     paths = attention_paths(args.device)
-    ours = [("ours", path, "chunked") for path in paths]
-    ours += [("ours", paths[0], loss) for loss in losses(args.device) if loss != "chunked"]
-    return [*ours, ("trl-wrapped", "sdpa", "full"), ("trl-bfd", paths[0], "full")]
+    first = [("ours", paths[0], "chunked"), ("trl-wrapped", "sdpa", "full"), ("trl-bfd", paths[0], "full")]
+    others = [("ours", path, "chunked") for path in paths[1:]]
+    others += [("ours", paths[0], loss) for loss in losses(args.device) if loss != "chunked"]
+    return [*first, *others]
 
 
-def correctness(args: argparse.Namespace, attention: str, folder: Path) -> dict:
+CORRECTNESS_STEPS = 60 + 40  # the straight run's steps, then the resumed copy's (from step 20)
+
+
+class Budget:
+    """The suite's own estimate of its duration: each configuration is estimated by the wall time of those of the
+    same trainer already run (else of any), the correctness run by two process set-ups and its steps at a median
+    step of ours (the least such estimate so far); a configuration starts only if it and the correctness run
+    still fit in `budget_s`. The first configuration always runs."""
+
+    def __init__(self, budget_s: float | None) -> None:
+        self.budget_s, self.started = budget_s, time.perf_counter()
+        self.walls: list[tuple[str, float]] = []  # (trainer, seconds from its start to its result)
+        self.correctness_s = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def estimate(self, trainer: str) -> float:
+        same = [wall for name, wall in self.walls if name == trainer] or [wall for _, wall in self.walls]
+        return sum(same) / len(same) if same else 0.0
+
+    def record(self, trainer: str, wall: float, result: dict | None) -> None:
+        self.walls.append((trainer, wall))
+        if result and trainer == "ours":
+            set_up = wall - result["seconds"]  # the worker's start, set-up and warm-up steps
+            estimate = 2 * set_up + CORRECTNESS_STEPS * result["median_step_s"]
+            self.correctness_s = min(self.correctness_s or estimate, estimate)  # the first also builds the data
+
+    def projected(self, remaining: list[str]) -> float:
+        """Elapsed seconds plus the estimates of the configurations left and of the correctness run."""
+        return self.elapsed() + sum(self.estimate(name) for name in remaining) + self.correctness_s
+
+    def fits(self, trainer: str) -> bool:
+        if self.budget_s is None or not self.walls:
+            return True
+        return self.elapsed() + self.estimate(trainer) + self.correctness_s <= self.budget_s
+
+    def timeout(self, reserve: float = 0.0) -> float | None:
+        """How long the next process may run: what is left of the budget after `reserve` (at least a minute)."""
+        if self.budget_s is None:
+            return None
+        return max(self.budget_s - self.elapsed() - reserve, 60.0)
+
+    def summary(self) -> dict:
+        return {
+            "budget_s": self.budget_s,
+            "seconds": round(self.elapsed(), 1),
+            "config_seconds": [round(wall, 1) for _, wall in self.walls],
+            "correctness_estimate_s": round(self.correctness_s, 1),
+        }
+
+
+def correctness(args: argparse.Namespace, attention: str, folder: Path, budget: Budget | None = None) -> dict:
     """Train up to 60 steps (3 epochs) with a checkpoint every 20, then resume a copy from step 20: the loss
     falls, the adapter is saved, and the resumed run's losses and adapter match the straight run's (the largest
-    differences are reported; on CPU they are 0)."""
+    differences are reported; on CPU they are 0). A process still running past the budget is stopped."""
     from safetensors.torch import load_file
 
     from synthmix.trainer.reporting.events import read_events
@@ -615,7 +721,7 @@ def correctness(args: argparse.Namespace, attention: str, folder: Path) -> dict:
         "checkpoint.keep_last": 5,
     }
     extra = [item for key, value in settings.items() for item in (f"--{key}", json.dumps(value))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     straight, resumed = folder / "straight", folder / "resumed"
     started = time.perf_counter()
     for run, resume in ((straight, []), (resumed, ["--resume", str(resumed / "checkpoints" / "step-20")])):
@@ -623,7 +729,13 @@ def correctness(args: argparse.Namespace, attention: str, folder: Path) -> dict:
             shutil.copytree(straight, resumed)
             shutil.rmtree(resumed / "adapter")
         command = [sys.executable, "-m", "synthmix", "train", *run_overrides(args, str(run)), *extra, *resume]
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        # Run from the scratch folder: `-m` puts the working directory first on sys.path, and the repository's
+        # synthmix/ would shadow the installed package.
+        timeout = budget.timeout() if budget else None
+        try:
+            done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"stopped after {timeout:.0f} s, past the budget"}
         if done.returncode:
             return {"ok": False, "error": done.stderr[-2000:]}
     train = [[e for e in read_events(run / "metrics.jsonl") if e["event"] == "train"] for run in (straight, resumed)]
@@ -647,28 +759,50 @@ def correctness(args: argparse.Namespace, attention: str, folder: Path) -> dict:
 
 def run_suite(args: argparse.Namespace, argv: list[str]) -> None:
     """Every configuration of `suite_configs` in its own worker, the correctness run, and the figures file."""
+    budget = Budget(args.budget_s)
     info = machine()
     peak = peak_flops(info)
     out = args.out or Path(os.environ.get("OUT", REPO / "bench")) / f"figures-{args.device}.json"
-    rows = []
+    rows, configs = [], suite_configs(args)
     print(f"suite: {args.model} on {args.device}, {args.batch} x {args.seq_len}, LoRA r {args.lora_r} "
-          f"({args.target_modules}), {args.packing} packing; {info.get('gpu', info['cpu'])}", flush=True)  # fmt: skip
-    for trainer, attention, loss in suite_configs(args):
+          f"({args.target_modules}), {args.packing} packing; {info.get('gpu', info['cpu'])}; synthmix from "
+          f"{info['synthmix']}", flush=True)  # fmt: skip
+    libraries = ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "pyarrow", "huggingface_hub")
+    print("libraries: " + ", ".join(f"{name} {info[name]}" for name in libraries), flush=True)
+    print(f"plan: {len(configs)} configurations of {args.warmup} + {args.steps} steps, each in its own process, "
+          f"then the correctness run ({CORRECTNESS_STEPS} steps in two processes)"
+          + (f"; budget {args.budget_s:.0f} s" if args.budget_s else ""), flush=True)  # fmt: skip
+    for index, (trainer, attention, loss) in enumerate(configs):
+        row = {"trainer": trainer, "attention": attention, "loss": loss}
+        if not budget.fits(trainer):
+            rows.append({**row, "skipped": f"budget: {budget.projected([trainer]):.0f} s > {args.budget_s:.0f} s"})
+            print(f"  {trainer} {attention} {loss}: skipped, {rows[-1]['skipped']}", flush=True)
+            continue
         worker_argv = [*argv, "--attention", attention, "--loss", loss]
+        started = time.perf_counter()
         try:
-            result = collect(trainer, start_worker(trainer, worker_argv, None))
+            result = collect(trainer, start_worker(trainer, worker_argv, None), budget.timeout(budget.correctness_s))
         except SystemExit as failure:  # one configuration that cannot run does not stop the others
-            rows.append({"trainer": trainer, "attention": attention, "loss": loss, "error": str(failure)[-1500:]})
+            budget.record(trainer, time.perf_counter() - started, None)
+            rows.append({**row, "error": str(failure)[-1500:]})
             print(f"  {trainer} {attention} {loss}: failed", flush=True)
             continue
+        budget.record(trainer, time.perf_counter() - started, result)
         result.update(attention=attention, loss=loss, mfu=result["tokens_per_s"] * result["flops_per_token"] / peak)
         rows.append(result)
-        print(f"  {trainer} {attention} {loss}: {result['tokens_per_s']:,.0f} tokens/s", flush=True)
+        projected = budget.projected([name for name, _, _ in configs[index + 1 :]])
+        print(f"  {trainer} {attention} {loss}: {result['tokens_per_s']:,.0f} tokens/s ({budget.walls[-1][1]:.0f} s; "
+              f"{budget.elapsed():.0f} s so far, {projected:.0f} s projected)", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-correctness-") as folder:
-        best = next((r["attention"] for r in rows if r["trainer"] == "ours" and "error" not in r), "sdpa")
-        checked = correctness(args, best, Path(folder))
+        best = next((r["attention"] for r in rows if r["trainer"] == "ours" and "tokens_per_s" in r), "sdpa")
+        checked = correctness(args, best, Path(folder), budget)
+    timing = budget.summary()
+    print(
+        f"took {timing['seconds']:.0f} s (correctness run {checked.get('seconds', '?')} s, estimated "
+        f"{timing['correctness_estimate_s']:.0f} s)" + (f"; budget {args.budget_s:.0f} s" if args.budget_s else "")
+    )
     figures = {"machine": info, "peak_flops": peak, "args": vars(args) | {"out": str(out)}, "runs": rows,
-               "correctness": checked}  # fmt: skip
+               "correctness": checked, "timing": timing}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2, default=str))
     out.with_suffix(".md").write_text(suite_report(figures, args))
@@ -684,10 +818,11 @@ def suite_report(figures: dict, args: argparse.Namespace) -> str:
         f"| trainer | attention | loss | tokens/s | MFU | peak {'GPU' if cuda else 'RSS'} delta MiB | last loss |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
-    ok = [r for r in figures["runs"] if "error" not in r]
+    ok = [r for r in figures["runs"] if "tokens_per_s" in r]
     for r in figures["runs"]:
-        if "error" in r:
-            lines.append(f"| {r['trainer']} | {r['attention']} | {r['loss']} | failed | | | |")
+        if "tokens_per_s" not in r:
+            why = "failed" if "error" in r else "skipped (budget)"
+            lines.append(f"| {r['trainer']} | {r['attention']} | {r['loss']} | {why} | | | |")
             continue
         last = f"{r['last_loss']:.3f}" if "last_loss" in r else ""
         lines.append(
@@ -705,6 +840,14 @@ def suite_report(figures: dict, args: argparse.Namespace) -> str:
         )
     checked = figures["correctness"]
     lines.append(f"\ncorrectness run: {json.dumps(checked)}")
+    timing = figures.get("timing")
+    if timing:
+        skipped = [f"{r['trainer']} {r['attention']} {r['loss']}" for r in figures["runs"] if "skipped" in r]
+        lines.append(
+            f"\nthe whole run: {timing['seconds']:.0f} s"
+            + (f" of a {timing['budget_s']:.0f} s budget" if timing["budget_s"] else "")
+            + (f"; left out to fit it: {', '.join(skipped)}" if skipped else "")
+        )
     if ok:
         where = figures["machine"].get("gpu", figures["machine"]["cpu"])
         lines.append(
