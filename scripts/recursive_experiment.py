@@ -2,12 +2,18 @@
 
     python scripts/recursive_experiment.py [--arms replace accumulate ...] [--generations 5] [--seeds 0 1 2]
                                            [--jobs 2] [--config configs/demo_recursive.yaml] [--out DIR]
+                                           [--gpus-per-run K | --launcher submitit --submitit.KEY VALUE ...]
 
 Runs `synthmix recursive` for each arm (a strategy and its settings, see ARMS) and seed, each in its own
 process with one torch thread, `--jobs` at a time (each one resumable: rerun the same command after a crash),
 then writes OUT/summary.md (mean and min-max over seeds of each indicator per generation, and the final
 generation's real_ppl relative to generation 0) and OUT/recursive.png (indicators against the generation, one
 line per arm, mean over seeds with a min-max band).
+
+The launchers of `synthmix sweep` (synthmix/trainer/experiments/launchers.py, docs/how-to/sweep.md#launchers)
+place the (arm, seed) runs: `--gpus-per-run K` gives each its own K GPUs of this machine, `--launcher submitit`
+one job each (jobs in OUT/jobs.json, `--no-wait` to return after submitting, the same command again to collect).
+Without them, runs are processes here as described above.
 """
 
 from __future__ import annotations
@@ -24,6 +30,20 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from synthmix.errors import UserError
+from synthmix.trainer.experiments.launchers import (
+    Launcher,
+    Task,
+    add_launcher_arguments,
+    check_launcher,
+    job_succeeded,
+    launcher_from_args,
+    plan_slices,
+    read_jobs,
+    run_on_slices,
+    run_submitit,
+    visible_gpus,
+)
 from synthmix.trainer.experiments.recursive import SUMMARY
 
 INDICATORS = ("real_ppl", "real_ppl_p90", "distinct_2", "tail_mass", "vendi_score", "sample_base_ppl_mean")
@@ -39,13 +59,23 @@ ARMS: dict[str, list[str]] = {
 }
 
 
+def arm_dir(out: Path, arm: str, seed: int) -> Path:
+    """The run folder of one arm and seed."""
+    return out / f"{arm.replace(' ', '_').replace('%', 'pct').replace('+', 'plus')}-seed{seed}"
+
+
+def recursive_args(config: str, generations: int, arm: str, seed: int, run_dir: Path) -> list[str]:
+    """The `synthmix recursive` arguments of one arm and seed."""
+    return [
+        "recursive", "--config", config, "--generations", str(generations), "--run-dir", str(run_dir),
+        "--seed", str(seed), *ARMS[arm],
+    ]  # fmt: skip
+
+
 def run_one(config: str, generations: int, arm: str, seed: int, out: Path) -> list[dict]:
     """One arm and seed in its own process (one torch thread); its generations.jsonl rows."""
-    run_dir = out / f"{arm.replace(' ', '_').replace('%', 'pct').replace('+', 'plus')}-seed{seed}"
-    command = [
-        sys.executable, "-m", "synthmix", "recursive", "--config", config, "--generations", str(generations),
-        "--run-dir", str(run_dir), "--seed", str(seed), *ARMS[arm],
-    ]  # fmt: skip
+    run_dir = arm_dir(out, arm, seed)
+    command = [sys.executable, "-m", "synthmix", *recursive_args(config, generations, arm, seed, run_dir)]
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "log.txt", "a") as log:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -56,15 +86,47 @@ def run_one(config: str, generations: int, arm: str, seed: int, out: Path) -> li
     return [json.loads(line) for line in (run_dir / SUMMARY).read_text().splitlines()]
 
 
-def run_all(config: str, generations: int, arms: list[str], seeds: list[int], out: Path, jobs: int) -> dict:
-    """Run every (arm, seed), `jobs` at a time; returns {arm: {seed: [generation rows]}}."""
+def run_all(
+    config: str,
+    generations: int,
+    arms: list[str],
+    seeds: list[int],
+    out: Path,
+    jobs: int,
+    launcher: Launcher | None = None,
+) -> dict | None:
+    """Run every (arm, seed), `jobs` at a time (or through `launcher`); returns {arm: {seed: [generation rows]}},
+    or None when submitit jobs submitted without waiting are still queued or running."""
     tasks = [(arm, seed) for arm in arms for seed in seeds]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        rows = list(pool.map(lambda task: run_one(config, generations, task[0], task[1], out), tasks))
+    if launcher is not None and (launcher.on_slices or launcher.kind == "submitit"):
+        if not launch_all(config, generations, tasks, out, launcher):
+            return None
+        rows = [
+            [json.loads(line) for line in (arm_dir(out, *task) / SUMMARY).read_text().splitlines()] for task in tasks
+        ]
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            rows = list(pool.map(lambda task: run_one(config, generations, task[0], task[1], out), tasks))
     results: dict[str, dict[int, list[dict]]] = {}
     for (arm, seed), arm_rows in zip(tasks, rows, strict=True):
         results.setdefault(arm, {})[seed] = arm_rows
     return results
+
+
+def launch_all(config: str, generations: int, tasks: list[tuple[str, int]], out: Path, launcher: Launcher) -> bool:
+    """Every (arm, seed) as a `synthmix recursive` process on a GPU slice, or a submitit job; whether all ended."""
+    runs = []
+    for arm, seed in tasks:
+        run_dir = arm_dir(out, arm, seed).absolute()
+        argv = recursive_args(str(Path(config).absolute()), generations, arm, seed, run_dir)
+        runs.append(Task(name=run_dir.name, folder=run_dir, argv=tuple(argv), log="log.txt"))
+    if launcher.on_slices:
+        run_on_slices(runs, plan_slices(visible_gpus(), launcher.gpus_per_run, len(runs)))
+        return True
+    # A run is done when its latest job returned (a rerun of `synthmix recursive` continues where it stopped).
+    return run_submitit(
+        runs, launcher, out, lambda task: job_succeeded(read_jobs(out).get(task.name)), "synthmix-recursive"
+    )
 
 
 def _values(runs: list[list[dict]], g: int, name: str) -> np.ndarray:
@@ -137,8 +199,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="arms and seeds run side by side (one thread each)")
     parser.add_argument("--out", type=Path, default=Path("runs/recursive-experiment"))
+    add_launcher_arguments(parser)
     args = parser.parse_args()
-    results = run_all(args.config, args.generations, args.arms, args.seeds, args.out, args.jobs)
+    try:
+        launcher = launcher_from_args(args)
+        check_launcher(launcher, args.jobs)
+    except UserError as err:
+        parser.error(str(err))
+    results = run_all(args.config, args.generations, args.arms, args.seeds, args.out, args.jobs, launcher)
+    if results is None:
+        print(f"jobs: {args.out / 'jobs.json'}")
+        return
     table = final_table(results) + "\n\n" + summary_table(results)
     (args.out / "summary.md").write_text(table + "\n")
     plot(results, args.out / "recursive.png")

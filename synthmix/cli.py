@@ -6,6 +6,7 @@
     synthmix report    RUN_DIR [RUN_DIR ...] [--out FILE]
     synthmix recursive --config CONFIG --strategy replace|accumulate|fixed_real|adaptive [--generations G] ...
     synthmix sweep     --config CONFIG --ratios 0,0.25,0.5 [--seeds 0,1,2] [--steps N] [--run-dir DIR] [--jobs J]
+                       [--gpus-per-run K | --launcher submitit --submitit.KEY VALUE ... [--no-wait]]
     synthmix generate  --model MODEL --prompts FILE [--n N] [--out FILE] [sampling flags]
     synthmix generate  --backend openai --base-url URL --model NAME --prompts FILE [--messages-field F] ...
     synthmix demo      [--samples N] [--cache-dir DIR] [--section.key VALUE ...]
@@ -386,9 +387,15 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="allowed change vs ratio 0 the way collapse moves it; repeat for each indicator (replaces the "
         "defaults real_ppl=0.05 distinct_2=0.05 tail_mass=0.1)",
     )
+    from synthmix.trainer.experiments.launchers import add_launcher_arguments  # light: no torch
+
+    add_launcher_arguments(parser)
 
 
 def _sweep(args: argparse.Namespace, overrides: list[str]) -> None:
+    from synthmix.trainer.experiments.launchers import launcher_from_args
+
+    launcher = launcher_from_args(args)  # a flag that does not fit the launcher: before the config loads
     config = _load(args.config, overrides)
     _libraries_for(config)
     from synthmix.trainer.experiments.sweep import Sweep, run_sweep
@@ -405,8 +412,12 @@ def _sweep(args: argparse.Namespace, overrides: list[str]) -> None:
         steps=args.steps,
         tolerances=_tolerances(args.tolerance),
         jobs=args.jobs,
+        launcher=launcher,
     )
     result = run_sweep(sweep)
+    if result is None:  # --no-wait: jobs still queued or running
+        print(f"jobs: {sweep.run_dir / 'jobs.json'}")
+        return
     print(result["message"])
     print(f"verdict: {sweep.run_dir / 'verdict.json'}\npage:    {sweep.run_dir / 'sweep.html'}")
 

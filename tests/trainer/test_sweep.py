@@ -1,5 +1,6 @@
 """synthmix.trainer.experiments.sweep: the verdict on recorded runs (by hand), and a tiny sweep end to end (equal
-steps, skipping finished runs, runs side by side in processes, the files it writes, bad input)."""
+steps, skipping finished runs, runs side by side in processes, as submitit jobs collected after the command
+exited, the files it writes, bad input)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from testkit import subprocess_env
 
 from synthmix.cli import main as synthmix
 from synthmix.errors import ConfigError
@@ -169,6 +171,44 @@ def test_runs_side_by_side_in_processes_give_the_same_sweep(swept: Path, tmp_pat
     for line in map(json.loads, (run_dir / "sweep.jsonl").read_text().splitlines()):
         alone = together[(line["ratio"], line["seed"])]
         assert line["step"] == alone["step"] and line["real_ppl"] == pytest.approx(alone["real_ppl"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_submitit_jobs_collected_after_the_command_exited_give_the_same_verdict(
+    swept: Path, tmp_path: Path, write_tiny_config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """submitit's local cluster (the code path of Slurm's, without a scheduler): the first call submits and
+    returns (--no-wait), resubmitting a run whose recorded job ended without finishing it; the second collects."""
+    for key, value in subprocess_env().items():  # the jobs inherit this environment: one thread, as in-process
+        monkeypatch.setenv(key, value)
+    config = write_tiny_config(tmp_path, REPEAT)
+    run_dir = tmp_path / "jobs"
+    run_dir.mkdir()
+    gone = {"cluster": "local", "job_id": "999999999", "folder": str(run_dir / "submitit"), "stdout": "old.out",
+            "submitted_s": 0, "attempts": 1}  # fmt: skip
+    (run_dir / "jobs.json").write_text(json.dumps({"ratio-0.6-seed-0": gone}))
+    command = ["sweep", "--config", str(config), "--ratios", "0,0.6", "--seeds", "0", "--run-dir", str(run_dir),
+               "--collapse.rules", STOP_RULE, "--launcher", "submitit", "--submitit.cluster", "local",
+               "--submitit.time", "20", "--submitit.poll", "0.5"]  # fmt: skip
+    assert synthmix([*command, "--no-wait"]) == 0
+    out = capsys.readouterr().out
+    assert "[ratio-0.6-seed-0] job 999999999 ended (GONE) unfinished" in out
+    assert "2 job(s) queued or running; run the same command again to collect" in out
+    assert not (run_dir / "verdict.json").exists()
+    jobs = json.loads((run_dir / "jobs.json").read_text())
+    assert jobs["ratio-0.6-seed-0"]["attempts"] == 2 and jobs["ratio-0-seed-0"]["attempts"] == 1
+    for name, job in jobs.items():
+        assert f"[{name}] job {job['job_id']} submitted; log {job['stdout']}" in out
+        assert Path(job["stdout"]).parent == run_dir / name / "submitit"  # the log, linked from the run folder
+    assert synthmix(command) == 0  # collects: waits for the running jobs, then the verdict
+    assert json.loads((run_dir / "verdict.json").read_text()) == json.loads((swept / "verdict.json").read_text())
+    for name, job in jobs.items():
+        assert "Job completed successfully" in Path(job["stdout"]).read_text()
+        assert (run_dir / name / "adapter" / "adapter_model.safetensors").read_bytes() == (
+            swept / name / "adapter" / "adapter_model.safetensors"
+        ).read_bytes()  # the same training, bit for bit
+    assert synthmix(command) == 0  # everything finished: nothing submitted, the same verdict
+    assert "submitted" not in capsys.readouterr().out.split("already finished")[1]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
     synthmix sweep --config CONFIG --ratios 0,0.25,0.5,0.75,0.9 [--seeds 0,1,2] [--steps N] [--run-dir DIR]
                    [--jobs J] [--tolerance real_ppl=0.05 ...] [--section.key VALUE ...]
+                   [--gpus-per-run K | --launcher submitit --submitit.KEY VALUE ... [--no-wait]]
 
 One training per (ratio, seed), from the same base model and the same held-out text, all at the same number of
 optimizer steps (by default what the ratio-0 run plans): a higher ratio makes longer epochs, and comparing at
@@ -13,6 +14,11 @@ way collapse moves it by more than its tolerance.
 RUN_DIR/ratio-R-seed-S is a plain run folder: a finished run is skipped when the sweep runs again, an
 unfinished one resumes from its latest checkpoint. RUN_DIR/sweep.jsonl holds every run's final eval,
 RUN_DIR/verdict.json the verdict, RUN_DIR/sweep.html the page (indicators against the ratio, runs overlaid).
+
+Where the runs train is the launcher's choice (experiments/launchers.py): in this process or `--jobs` processes
+(the default), one process per GPU slice (`--gpus-per-run`), or one submitit job per run (`--launcher
+submitit`). The last two run `synthmix train --config RUN_DIR/ratio-R-seed-S/sweep-run.yaml`, the run's config
+as planned here, so every launcher trains the same runs.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 
 from synthmix.errors import ConfigError
 from synthmix.files import write_text
+from synthmix.schema import to_dict
 from synthmix.trainer.collapse.indicators import relative_change
 from synthmix.trainer.config import (
     BENCHMARK_PREFIX,
@@ -41,10 +48,13 @@ from synthmix.trainer.config import (
     validate,
 )
 from synthmix.trainer.errors import TrainerError
-from synthmix.trainer.reporting.events import METRICS, read_events, run_finished
+from synthmix.trainer.experiments.launchers import Launcher, Task, check_launcher, run_on_slices, run_submitit
+from synthmix.trainer.reporting.events import METRICS, read_events
 
 SWEEP_FILE = "sweep.jsonl"
 VERDICT_FILE = "verdict.json"
+RUN_CONFIG = "sweep-run.yaml"
+"""The run's config as the sweep planned it, in its folder: what a launcher's `synthmix train --config` reads."""
 DEFAULT_TOLERANCES: dict[str, float] = {"real_ppl": 0.05, "distinct_2": 0.05, "tail_mass": 0.10}
 """Relative change from the ratio-0 runs, in the direction collapse moves each indicator, that is still safe:
 held-out perplexity 5% higher, 5% fewer distinct token pairs in the samples, 10% less of the rare tail."""
@@ -63,6 +73,8 @@ class Sweep:
     tolerances: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     jobs: int = 1
     """Runs trained side by side, each in its own process with one torch thread."""
+    launcher: Launcher = dataclasses.field(default_factory=Launcher)
+    """Where the runs train: here (the default), on GPU slices, or as submitit jobs."""
 
 
 def check_sweep(sweep: Sweep) -> None:
@@ -77,6 +89,7 @@ def check_sweep(sweep: Sweep) -> None:
         raise ConfigError(f"--steps: must be at least 1, got {sweep.steps}")
     if sweep.jobs < 1:
         raise ConfigError(f"--jobs: must be at least 1, got {sweep.jobs}")
+    check_launcher(sweep.launcher, sweep.jobs)
     for name, tolerance in sweep.tolerances.items():
         if indicator_direction(name) is None:
             known = ", ".join(INDICATOR_DIRECTION)
@@ -102,14 +115,24 @@ def run_name(ratio: float, seed: int) -> str:
     return f"ratio-{ratio:.10g}-seed-{seed}"
 
 
-def run_sweep(sweep: Sweep) -> dict[str, Any]:
-    """Train (or continue) every run, then write sweep.jsonl, verdict.json and sweep.html; returns the verdict."""
+def run_done(folder: Path) -> bool:
+    """Whether the run in `folder` ended for good: its last `end` event is not a preemption (which resumes)."""
+    ends = [e for e in read_events(folder / METRICS) if e.get("event") == "end"]
+    return bool(ends) and ends[-1].get("status") != "preempted"
+
+
+def run_sweep(sweep: Sweep) -> dict[str, Any] | None:
+    """Train (or continue) every run, then write sweep.jsonl, verdict.json and sweep.html; returns the verdict.
+    None: submitit jobs submitted without waiting (`--no-wait`) are still queued or running."""
     check_sweep(sweep)
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     configs = plan_runs(sweep)
-    todo = [(ratio, seed, c) for (ratio, seed), c in configs.items() if not run_finished(Path(c.output_dir))]
+    todo = [(ratio, seed, c) for (ratio, seed), c in configs.items() if not run_done(Path(c.output_dir))]
     print(f"sweep: {len(configs)} runs of {sweep.steps} steps each; {len(configs) - len(todo)} already finished")
-    if sweep.jobs == 1:
+    if sweep.launcher.on_slices or sweep.launcher.kind == "submitit":
+        if not _launch(sweep, configs):
+            return None
+    elif sweep.jobs == 1:
         for ratio, seed, config in todo:
             print(f"[ratio {ratio:g}, seed {seed}] training", flush=True)
             _train_one(config)
@@ -140,6 +163,30 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
     return result
 
 
+def _launch(sweep: Sweep, configs: dict[tuple[float, int], RunConfig]) -> bool:
+    """Every unfinished run through the launcher, as `synthmix train` of its config written into its folder;
+    whether all have finished (False: submitted and not waited for)."""
+    import yaml
+
+    from synthmix.trainer.experiments.launchers import plan_slices, visible_gpus
+
+    tasks = []
+    for (ratio, seed), config in configs.items():
+        folder = Path(config.output_dir)
+        name = run_name(ratio, seed)
+        if run_done(folder):
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(folder / RUN_CONFIG, yaml.safe_dump(to_dict(config), sort_keys=False))
+        argv = ("train", "--config", str((folder / RUN_CONFIG).absolute()))
+        tasks.append(Task(name=name, folder=folder, argv=argv, resume_from=folder / "checkpoints"))
+    if sweep.launcher.on_slices:
+        slices = plan_slices(visible_gpus(), sweep.launcher.gpus_per_run, len(tasks))
+        run_on_slices(tasks, slices)
+        return True
+    return run_submitit(tasks, sweep.launcher, sweep.run_dir, lambda task: run_done(task.folder), name="synthmix-sweep")
+
+
 def plan_runs(sweep: Sweep) -> dict[tuple[float, int], RunConfig]:
     """Every run's config: its ratio (constant), seed, folder and step budget; rules only warn (an action that
     stopped a run or lowered its ratio would change what the sweep compares). Sets `sweep.steps` when unset.
@@ -151,7 +198,7 @@ def plan_runs(sweep: Sweep) -> dict[tuple[float, int], RunConfig]:
     if sweep.steps is None:
         sweep.steps = _planned_steps(_with_ratio(base, 0.0), corpora.train, base.train.epochs)
     configs = {}
-    single = sweep.jobs == 1  # progress bars of runs side by side would garble each other
+    single = sweep.jobs == 1 and sweep.launcher.kind == "local" and not sweep.launcher.on_slices  # bars garble logs
     for ratio in sorted(sweep.ratios):
         for seed in sweep.seeds:
             config = _with_ratio(dataclasses.replace(base, seed=seed), ratio)
