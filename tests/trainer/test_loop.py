@@ -56,8 +56,8 @@ QUICK = {"collapse": {"enabled": False}, "checkpoint": {"every_steps": None}}
 # Top level of a finished LoRA run folder. report.html and plots/ come from the collapse hook (on by default);
 # .synthmix.lock is what a run holds while it trains into the folder.
 RUN_FOLDER = {
-    "adapter", "checkpoints", "config.yaml", "metrics.jsonl", "tensorboard", "tokenizer", "report.html", "plots", "samples",
-    ".synthmix.lock",
+    "adapter", "checkpoints", "config.yaml", "metrics.jsonl", "tensorboard", "tokenizer", "report.html", "plots",
+    "samples", ".synthmix.lock",
 }  # fmt: skip
 CHECKPOINT_FOLDER = {
     "adapter", "optimizer.pt", "scheduler.pt", "rng.pt", "mixer.json", "progress.json", "metrics.jsonl",
