@@ -73,12 +73,19 @@ class VerifierConfig:
     model: str | None = None
     """A hub name or local folder of a causal LM, or `base` (the run's model.name); null turns the filter off."""
     quantile: float = 0.9
-    """Keep synthetic examples whose perplexity is at most this quantile of the real examples'."""
+    """Keep synthetic examples whose perplexity is at most this quantile of the real examples' (the upper
+    bound: text less likely than this is too surprising)."""
+    min_quantile: float | None = None
+    """The lower bound of a two-sided band: drop synthetic examples whose perplexity is below this quantile of
+    the real examples' (over-typical text; Gambetta et al. 2024); null keeps every likely example. Below
+    `quantile`."""
     real_from: Literal["held_out", "train"] = "held_out"
     """Which real examples set the bar: the held-out ones (a base model trained on the training text would
     score that text optimistically), or the training ones."""
     max_ppl: float | None = None
     """An absolute perplexity limit, used instead of `quantile`."""
+    min_ppl: float | None = None
+    """An absolute lower perplexity limit, used instead of `min_quantile`."""
     real_examples: int = 512
     """Real examples scored to place the quantile (a seeded subset when there are more)."""
     max_tokens: int = 256
@@ -87,6 +94,23 @@ class VerifierConfig:
     """Examples per forward pass."""
     trust_remote_code: bool = False
     """Let a hub verifier model run its own code."""
+
+
+@dataclasses.dataclass
+class DiversityConfig:
+    """Diversity-aware selection of synthetic examples, over hashed token n-grams: drop near-duplicates of other
+    synthetic examples, and examples that add next to nothing to the real training text. Off unless a limit is
+    set; runs after the verifier, cached in the store's cleaning entry."""
+
+    ngram: int = 5
+    """n of the token n-grams compared (examples shorter than n tokens are kept and not compared)."""
+    max_overlap: float | None = None
+    """Drop a synthetic example whose n-gram set has a Jaccard similarity above this (0..1, exclusive) with a
+    synthetic example kept before it (examples taken in the order of their content hashes; MinHash LSH finds
+    the candidates, an exact Jaccard decides)."""
+    min_novelty: float | None = None
+    """Drop a synthetic example when less than this share (0..1] of its distinct n-grams is absent from the
+    real training text."""
 
 
 @dataclasses.dataclass
@@ -103,6 +127,8 @@ class FilterConfig:
     """Drop synthetic examples whose share of repeated n-grams exceeds this (0..1)."""
     verifier: VerifierConfig = dataclasses.field(default_factory=VerifierConfig)
     """The model-based filter (off unless `verifier.model` is set)."""
+    diversity: DiversityConfig = dataclasses.field(default_factory=DiversityConfig)
+    """Near-duplicate and novelty selection (off unless `max_overlap` or `min_novelty` is set)."""
 
 
 @dataclasses.dataclass
@@ -210,6 +236,7 @@ def validate_data(data: DataConfig) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"data.{key}: must be at least 1, got {value}")
     validate_verifier(data.filters.verifier)
+    validate_diversity(data.filters.diversity)
     validate_schedule(data)
     _validate_chat_template(data.chat_template)
 
@@ -230,9 +257,31 @@ def validate_verifier(verifier: VerifierConfig) -> None:
         raise ConfigError(f"{key}.quantile: must be in [0, 1], got {verifier.quantile}")
     if verifier.max_ppl is not None and verifier.max_ppl <= 0:
         raise ConfigError(f"{key}.max_ppl: must be > 0, got {verifier.max_ppl}")
+    if verifier.min_ppl is not None and verifier.min_ppl <= 0:
+        raise ConfigError(f"{key}.min_ppl: must be > 0, got {verifier.min_ppl}")
+    if verifier.min_quantile is not None:
+        if not 0 <= verifier.min_quantile <= 1:
+            raise ConfigError(f"{key}.min_quantile: must be in [0, 1], got {verifier.min_quantile}")
+        if verifier.max_ppl is None and verifier.min_quantile >= verifier.quantile:
+            raise ConfigError(
+                f"{key}.min_quantile: must be below quantile ({verifier.quantile}), got {verifier.min_quantile}"
+            )
+    if verifier.min_ppl is not None and verifier.max_ppl is not None and verifier.min_ppl >= verifier.max_ppl:
+        raise ConfigError(f"{key}.min_ppl: must be below max_ppl ({verifier.max_ppl}), got {verifier.min_ppl}")
     for name, least in (("real_examples", 1), ("max_tokens", 2), ("batch_size", 1)):  # 2: one token predicts the next
         if getattr(verifier, name) < least:
             raise ConfigError(f"{key}.{name}: must be at least {least}, got {getattr(verifier, name)}")
+
+
+def validate_diversity(diversity: DiversityConfig) -> None:
+    """n at least 1, the overlap in (0, 1), the novelty in (0, 1]."""
+    key = "data.filters.diversity"
+    if diversity.ngram < 1:
+        raise ConfigError(f"{key}.ngram: must be at least 1, got {diversity.ngram}")
+    if diversity.max_overlap is not None and not 0 < diversity.max_overlap < 1:
+        raise ConfigError(f"{key}.max_overlap: must be in (0, 1), got {diversity.max_overlap}")
+    if diversity.min_novelty is not None and not 0 < diversity.min_novelty <= 1:
+        raise ConfigError(f"{key}.min_novelty: must be in (0, 1], got {diversity.min_novelty}")
 
 
 def validate_sources(data: DataConfig) -> None:

@@ -1,6 +1,6 @@
 """Tokenized corpora: every source tokenized once into the store, then cleaned across sources (held-out split,
-duplicates, contamination, truncation, filters, the verifier) into views the mixer plans with, without copying
-token ids.
+duplicates, contamination, truncation, filters, the verifier, the diversity selection) into views the mixer
+plans with, without copying token ids.
 
 The cleaning is itself an entry of the store (a few small arrays per source), so a second start maps
 everything and computes nothing; a changed cleaning setting re-runs only the cleaning.
@@ -17,6 +17,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from synthmix.data_mixers.config import DataConfig, SourceConfig, TokenizerConfig
+from synthmix.data_mixers.diversity import NgramSets, concat_sets, ngram_sets, select_diverse
 from synthmix.data_mixers.encoding import EncodeSettings, key_hashes
 from synthmix.data_mixers.errors import MixerError
 from synthmix.data_mixers.hygiene import contained_in, filter_mask, first_occurrences, select_held_out
@@ -25,7 +26,7 @@ from synthmix.data_mixers.store import Entry, EntryWriter, cached_entry, digest_
 from synthmix.data_mixers.tokenizer import load_tokenizer, set_chat_template, tokenizer_fingerprint
 from synthmix.data_mixers.verifier import Verifier, model_identity, resolve_model, verify_synthetic
 
-_CLEANING_VERSION = 2
+_CLEANING_VERSION = 3
 _READ_FIELDS = ("format", "split", "text_field", "messages_field", "prompt_field", "completion_field", "on_error",
                 "max_examples")  # fmt: skip
 
@@ -90,7 +91,13 @@ class SourceReport:
     contaminated: int = 0
     filtered: int = 0
     unverified: int = 0
-    """Synthetic examples the verifier rejected (data.filters.verifier)."""
+    """Synthetic examples the verifier rejected as too surprising (above its upper bound, data.filters.verifier)."""
+    too_typical: int = 0
+    """Synthetic examples the verifier rejected as too typical (below its lower bound, `min_quantile`/`min_ppl`)."""
+    not_novel: int = 0
+    """Synthetic examples with too few n-grams new against the real text (data.filters.diversity.min_novelty)."""
+    near_duplicates: int = 0
+    """Synthetic examples too close to another synthetic one (data.filters.diversity.max_overlap)."""
     examples: int = 0
     tokens: int = 0
     store: str = ""
@@ -179,8 +186,9 @@ def build_corpora(
     held_out = _held_out_examples(cleaned, train_entries + held_entries)
     skipped = [msg for entry in (*train_entries, *held_entries) for msg in entry.meta["skipped_messages"]]
     how = {"entry": str(cleaned.folder), "store": "built" if cleaned.built else "cached", "seconds": cleaned.seconds}
-    if "verifier" in cleaned.meta:
-        how["verifier"] = cleaned.meta["verifier"]
+    for step in ("verifier", "diversity"):
+        if step in cleaned.meta:
+            how[step] = cleaned.meta[step]
     return Corpora(train, held_out, reports, skipped, tokenizer, how)
 
 
@@ -256,6 +264,9 @@ def _cleaned(
         meta: dict[str, Any] = {}
         if verifier is not None:
             meta["verifier"] = cleaning.verify_synthetic(verifier.load(), data.max_tokens_per_example)
+        diversity = data.filters.diversity
+        if diversity.max_overlap is not None or diversity.min_novelty is not None:
+            meta["diversity"] = cleaning.select_diverse(data)
         cleaning.check_not_empty()
         for i, keep in enumerate(cleaning.keeps):
             writer.append(f"rows_{i}", np.flatnonzero(keep).astype(np.int64))
@@ -274,7 +285,8 @@ class _Cleaning:
         self.keeps = [np.ones(len(e.arrays["keys"]), dtype=bool) for e in train]
         self.reports = [
             {"loaded": e.meta["examples"], "skipped": e.meta["skipped"], "held_out": 0, "duplicates": 0,
-             "contaminated": 0, "filtered": 0, "unverified": 0}
+             "contaminated": 0, "filtered": 0, "unverified": 0, "too_typical": 0, "not_novel": 0,
+             "near_duplicates": 0}
             for e in train
         ]  # fmt: skip
         # Held-out examples as (source, row): explicit held-out sources come after the training ones.
@@ -354,10 +366,33 @@ class _Cleaning:
         else:
             real = [ex for i, spec in enumerate(self.order) if spec.kind == "real" for ex in examples(i)]
         synthetic = [i for i, spec in enumerate(self.order) if spec.kind == "synthetic"]
-        masks, meta = verify_synthetic(verifier, real, [examples(i) for i in synthetic])
-        for i, passing in zip(synthetic, masks, strict=True):
-            self.keeps[i][kept[i][~passing]] = False
-            self.reports[i]["unverified"] += int((~passing).sum())
+        verdicts, meta = verify_synthetic(verifier, real, [examples(i) for i in synthetic])
+        for i, verdict in zip(synthetic, verdicts, strict=True):
+            self.keeps[i][kept[i][~verdict.passing]] = False
+            self.reports[i]["unverified"] += int(verdict.too_surprising.sum())
+            self.reports[i]["too_typical"] += int((verdict.too_typical & ~verdict.too_surprising).sum())
+        return meta
+
+    def select_diverse(self, data: DataConfig) -> dict[str, Any]:
+        """Drop near-duplicate and not novel synthetic examples (after the verifier); its summary."""
+        n = data.filters.diversity.ngram
+
+        def sets(i: int, rows: np.ndarray) -> NgramSets:
+            offsets = self.train[i].arrays["offsets"]
+            lengths = np.diff(offsets)[rows]
+            if data.max_tokens_per_example is not None:  # what training would see of each example
+                lengths = np.minimum(lengths, data.max_tokens_per_example)
+            return ngram_sets(self.train[i].arrays["ids"], offsets[rows], lengths, n)
+
+        kept = [np.flatnonzero(keep) for keep in self.keeps]
+        synthetic = [i for i, spec in enumerate(self.order) if spec.kind == "synthetic"]
+        real = concat_sets([sets(i, kept[i]) for i, spec in enumerate(self.order) if spec.kind == "real"])
+        keys = [self.train[i].arrays["keys"][kept[i]] for i in synthetic]
+        selections, meta = select_diverse([sets(i, kept[i]) for i in synthetic], keys, real, data.filters.diversity)
+        for i, chosen in zip(synthetic, selections, strict=True):
+            self.keeps[i][kept[i][chosen.not_novel | chosen.near_duplicate]] = False
+            self.reports[i]["not_novel"] += int(chosen.not_novel.sum())
+            self.reports[i]["near_duplicates"] += int(chosen.near_duplicate.sum())
         return meta
 
     def check_not_empty(self) -> None:
@@ -388,7 +423,9 @@ def _held_out_examples(cleaned: Entry, entries: list[Entry]) -> list[HeldOutExam
 def _why_empty(report: dict[str, int]) -> str:
     parts = [f"{report[key]} {label}" for key, label in
              [("held_out", "held out"), ("duplicates", "duplicates"), ("contaminated", "contaminated"),
-              ("filtered", "filtered"), ("unverified", "rejected by the verifier")] if report.get(key)]  # fmt: skip
+              ("filtered", "filtered"), ("unverified", "rejected by the verifier"),
+              ("too_typical", "too typical for the verifier"), ("not_novel", "not novel"),
+              ("near_duplicates", "near duplicates")] if report.get(key)]  # fmt: skip
     return ", ".join(parts) or "the source is empty"
 
 

@@ -84,15 +84,20 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         "sources:",
     ]
+    cleaning = report["cleaning"]
+    # The verifier's lower bound and the diversity selection have columns only when they are on.
+    extra = [("too_typical", "typical")] if (cleaning.get("verifier") or {}).get("min_threshold") is not None else []
+    extra += [("not_novel", "not novel"), ("near_duplicates", "near dup")] if cleaning.get("diversity") else []
     header = f"  {'name':<24}{'kind':<11}{'loaded':>9}{'held out':>10}{'dupes':>8}{'contam':>8}"
-    lines.append(header + f"{'filtered':>10}{'verifier':>10}{'examples':>10}{'tokens':>13}  store")
+    header += f"{'filtered':>10}{'verifier':>10}" + "".join(f"{label:>10}" for _, label in extra)
+    lines.append(header + f"{'examples':>10}{'tokens':>13}  store")
     for s in report["sources"]:
         lines.append(
             f"  {s['name']:<24}{s['kind']:<11}{s['loaded']:>9,}{s['held_out']:>10,}{s['duplicates']:>8,}"
-            f"{s['contaminated']:>8,}{s['filtered']:>10,}{s['unverified']:>10,}{s['examples']:>10,}"
-            f"{s['tokens']:>13,}  {s['store']} in {s['seconds']:.2f} s"
+            f"{s['contaminated']:>8,}{s['filtered']:>10,}{s['unverified']:>10,}"
+            + "".join(f"{s.get(key, 0):>10,}" for key, _ in extra)
+            + f"{s['examples']:>10,}{s['tokens']:>13,}  {s['store']} in {s['seconds']:.2f} s"
         )
-    cleaning = report["cleaning"]
     lines.append(
         f"  cleaning: {cleaning['store']} in {cleaning['seconds']:.2f} s; store entries under "
         f"{Path(cleaning['entry']).parent}"
@@ -104,9 +109,23 @@ def format_report(report: dict[str, Any]) -> str:
             if verifier["real_scored"]
             else ""  # an absolute max_ppl scores no real text
         )
+        low = verifier.get("min_threshold")
+        bar = f"{verifier['threshold']:.4g}" if low is None else f"{low:.4g} to {verifier['threshold']:.4g}"
         lines.append(
             f"  verifier {verifier['model']}: kept {verifier['kept']:,} of {verifier['synthetic_scored']:,} synthetic "
-            f"examples ({verifier['rule']}: {verifier['threshold']:.4g}{real}) in {verifier['seconds']:.1f} s"
+            f"examples ({verifier['rule']}: {bar}{real}) in {verifier['seconds']:.1f} s"
+        )
+    diversity = cleaning.get("diversity")
+    if diversity:
+        named = (("min_novelty", "novelty >="), ("max_overlap", "overlap <="))
+        limits = [f"{label} {diversity[key]:g}" for key, label in named if diversity[key] is not None]
+        novelty = (
+            f"; median novelty {diversity['novelty_median']:.3g}" if diversity["novelty_median"] is not None else ""
+        )
+        lines.append(
+            f"  diversity ({diversity['ngram']}-grams, {', '.join(limits)}): kept {diversity['kept']:,} of "
+            f"{diversity['synthetic_compared']:,} synthetic examples ({diversity['not_novel']:,} not novel, "
+            f"{diversity['near_duplicates']:,} near duplicates{novelty}) in {diversity['seconds']:.1f} s"
         )
     lines += [
         "",

@@ -4,14 +4,18 @@ data with a verifier prevents collapse).
 
 A synthetic example is kept when its perplexity is at most the `quantile` of the perplexities of real examples
 under the same model (or at most `max_ppl`): text the reference model finds less likely than nearly all real
-text is what a drifting generator adds. The real examples are the held-out ones by default: a base model that
-was trained on the training text (as the demo's was) scores it optimistically, and would reject new text that
-is as good as the real data. The cleaning entry of the store holds the result,
-keyed by the verifier's settings and the model's identity, so a second run with the same data scores nothing.
+text is what a drifting generator adds. With `min_quantile` (or `min_ppl`) the bar has a lower end too, a band:
+text more likely than nearly all real text is dropped as well, since a generator fed its own output drifts
+toward over-typical text, and keeping only the most likely text makes collapse worse (Gambetta et al. 2024).
+The real examples are the held-out ones by default: a base model that was trained on the training text (as the
+demo's was) scores it optimistically, and would reject new text that is as good as the real data. The cleaning
+entry of the store holds the result, keyed by the verifier's settings and the model's identity, so a second run
+with the same data scores nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -55,10 +59,44 @@ def keep_threshold(real_ppls: Sequence[float], verifier: VerifierConfig) -> floa
     """The largest perplexity a synthetic example may have: `max_ppl`, or the `quantile` of the real ones."""
     if verifier.max_ppl is not None:
         return float(verifier.max_ppl)
+    return _real_quantile(real_ppls, verifier.quantile)
+
+
+def lower_threshold(real_ppls: Sequence[float], verifier: VerifierConfig) -> float | None:
+    """The smallest perplexity a synthetic example may have: `min_ppl`, the `min_quantile` of the real ones, or
+    None (no lower bound)."""
+    if verifier.min_ppl is not None:
+        return float(verifier.min_ppl)
+    if verifier.min_quantile is None:
+        return None
+    return _real_quantile(real_ppls, verifier.min_quantile)
+
+
+def needs_real_scores(verifier: VerifierConfig) -> bool:
+    """Whether either end of the bar is placed by the real examples' perplexities."""
+    return verifier.max_ppl is None or (verifier.min_quantile is not None and verifier.min_ppl is None)
+
+
+def _real_quantile(real_ppls: Sequence[float], quantile: float) -> float:
     finite = np.asarray([p for p in real_ppls if np.isfinite(p)], dtype=np.float64)
     if finite.size == 0:
         raise MixerError("data.filters.verifier: no real example could be scored to set the threshold")
-    return float(np.quantile(finite, verifier.quantile))
+    return float(np.quantile(finite, quantile))
+
+
+@dataclasses.dataclass
+class Verdict:
+    """What the verifier says of one synthetic source's examples."""
+
+    too_surprising: np.ndarray
+    """Perplexity above the upper bound (or unscorable): counted as `unverified`."""
+    too_typical: np.ndarray
+    """Perplexity below the lower bound: counted as `too_typical`."""
+
+    @property
+    def passing(self) -> np.ndarray:
+        """Inside the band."""
+        return ~(self.too_surprising | self.too_typical)
 
 
 class Verifier:
@@ -123,29 +161,47 @@ class Verifier:
 
 def verify_synthetic(
     verifier: Verifier, real: list[np.ndarray], synthetic: list[list[np.ndarray]], seed: int = 0
-) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Which synthetic examples pass (one boolean mask per synthetic source) and what set the bar: the real
-    examples scored (a seeded subset of at most `real_examples`), the threshold and the time taken."""
+) -> tuple[list[Verdict], dict[str, Any]]:
+    """The verdict on each synthetic source's examples and what set the bar: the real examples scored (a seeded
+    subset of at most `real_examples`), the thresholds and the time taken."""
     started = time.perf_counter()
     config = verifier.config
-    # An absolute limit needs no real text scored.
-    count = 0 if config.max_ppl is not None else config.real_examples
+    # Absolute limits need no real text scored.
+    count = config.real_examples if needs_real_scores(config) else 0
     chosen = np.random.default_rng(seed).permutation(len(real))[:count]
     real_ppls = verifier.perplexities([real[i] for i in sorted(chosen)], "verifier: real") if len(chosen) else []
     threshold = keep_threshold(list(real_ppls), config)
-    masks = [verifier.perplexities(examples, "verifier: synthetic") <= threshold for examples in synthetic]
-    scored = np.concatenate(masks) if masks else np.zeros(0, bool)
+    low = lower_threshold(list(real_ppls), config)
+    if low is not None and low >= threshold:
+        raise MixerError(
+            f"data.filters.verifier: the lower bound ({_lower(config)}: {low:.4g}) is not below the upper bound "
+            f"({_upper(config)}: {threshold:.4g}); lower min_quantile or min_ppl"
+        )
+    verdicts = []
+    for examples in synthetic:
+        ppls = verifier.perplexities(examples, "verifier: synthetic")
+        too_typical = ppls < low if low is not None else np.zeros(len(ppls), dtype=bool)
+        verdicts.append(Verdict(too_surprising=~(ppls <= threshold), too_typical=too_typical))
+    passing = np.concatenate([v.passing for v in verdicts]) if verdicts else np.zeros(0, bool)
     meta = {
         "model": verifier.name,
         "threshold": threshold,
-        "rule": f"ppl <= {config.max_ppl}"
-        if config.max_ppl is not None
-        else f"ppl <= quantile {config.quantile:g} of real",
+        "min_threshold": low,
+        "rule": f"ppl <= {_upper(config)}" if low is None else f"{_lower(config)} <= ppl <= {_upper(config)}",
         "real_from": config.real_from,
         "real_scored": len(chosen),
         "real_ppl_median": float(np.median(real_ppls)) if len(chosen) else None,
-        "synthetic_scored": int(scored.size),
-        "kept": int(scored.sum()),
+        "synthetic_scored": int(passing.size),
+        "kept": int(passing.sum()),
+        "too_typical": int(sum(int(v.too_typical.sum()) for v in verdicts)),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return masks, meta
+    return verdicts, meta
+
+
+def _upper(config: VerifierConfig) -> str:
+    return f"{config.max_ppl}" if config.max_ppl is not None else f"quantile {config.quantile:g} of real"
+
+
+def _lower(config: VerifierConfig) -> str:
+    return f"{config.min_ppl}" if config.min_ppl is not None else f"quantile {config.min_quantile:g} of real"

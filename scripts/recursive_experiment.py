@@ -48,6 +48,8 @@ from synthmix.trainer.experiments.recursive import SUMMARY
 
 INDICATORS = ("real_ppl", "real_ppl_p90", "distinct_2", "tail_mass", "vendi_score", "sample_base_ppl_mean")
 PLOTTED = ("real_ppl", "real_ppl_p90", "distinct_2", "tail_mass", "vendi_score", "sample_base_ppl_mean")
+BAND = ["--strategy", "replace", "--data.filters.verifier.model", "base", "--data.filters.verifier.min_quantile", "0.1"]
+DIVERSE = ["--data.filters.diversity.max_overlap", "0.5", "--data.filters.diversity.min_novelty", "0.5"]
 # An arm: the `synthmix recursive` arguments that make it (besides config, generations, run dir and seed).
 ARMS: dict[str, list[str]] = {
     "replace": ["--strategy", "replace"],
@@ -56,6 +58,13 @@ ARMS: dict[str, list[str]] = {
     "accumulate": ["--strategy", "accumulate"],
     "adaptive": ["--strategy", "adaptive"],
     "replace + verifier": ["--strategy", "replace", "--data.filters.verifier.model", "base"],
+    # Two-sided: also drop samples more likely than 90% of the held-out real text (over-typical ones).
+    "replace + band": BAND,
+    "replace + band + diverse": BAND + DIVERSE,
+    # The selection arms train on what they keep (73 to 137 of 144 samples): replace with as few samples as they
+    # keep on average, and the selection from more samples, so that about as many as replace's are left.
+    "replace 106 samples": ["--strategy", "replace", "--samples", "106"],
+    "replace + band + diverse 200 samples": [*BAND, *DIVERSE, "--samples", "200"],
 }
 
 
