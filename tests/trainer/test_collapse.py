@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from synthmix.errors import ConfigError
 from synthmix.schema import apply_overrides, flatten
 from synthmix.trainer.collapse.indicators import self_bleu
-from synthmix.trainer.collapse.monitor import CollapseMonitor
+from synthmix.trainer.collapse.monitor import CollapseMonitor, Measured
 from synthmix.trainer.config import (
     HELD_OUT_INDICATORS,
     INDICATOR_DIRECTION,
@@ -204,9 +204,10 @@ def scripted(reference, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     path = variant(reference, root, {"collapse": {"rules": rules}, "train": {"epochs": 3}})
     calls: list[int] = []
 
-    def measure(self, model) -> dict[str, float]:
+    def measure(self, model) -> Measured:
         calls.append(len(calls))
-        return {name: 1.0 for name in INDICATOR_DIRECTION} | SCRIPT[len(calls) - 1]
+        values = {name: 1.0 for name in INDICATOR_DIRECTION} | SCRIPT[len(calls) - 1]
+        return Measured(values, samples=[[] for _ in self.prompts])
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(CollapseMonitor, "measure", measure)
