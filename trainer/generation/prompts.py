@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from synthmix.data_mixers.corpus import HeldOutExample
 from synthmix.trainer.generation.sampling import GenerationError
+
+T = TypeVar("T")
 
 
 def prompts_from_texts(tokenizer: Any, texts: list[str], n: int, prompt_tokens: int, seed: int) -> list[list[int]]:
@@ -42,20 +44,32 @@ def _choose(
         raise GenerationError(f"n must be at least 1, got {n}")
     if prompt_tokens < 1:
         raise GenerationError(f"prompt_tokens must be at least 1, got {prompt_tokens}")
-    order = list(range(count))
-    random.Random(seed).shuffle(order)
-    chosen: list[tuple[int, list[int]]] = []
-    chunk = 256
-    for start in range(0, len(order), chunk):
-        indices = order[start : start + chunk]
-        for i, ids in zip(indices, encode(indices), strict=True):
-            if len(ids) > prompt_tokens:
-                chosen.append((i, prefix + list(ids[:prompt_tokens])))
-        if len(chosen) >= n:
-            return chosen[:n]
+
+    def make(indices: list[int]) -> list[list[int] | None]:
+        return [prefix + list(ids[:prompt_tokens]) if len(ids) > prompt_tokens else None for ids in encode(indices)]
+
+    chosen = seeded_choice(count, n, seed, make)
     if not chosen:
         raise GenerationError(f"none of the {count} texts has more than prompt_tokens={prompt_tokens} tokens")
-    return [chosen[k % len(chosen)] for k in range(n)]
+    return chosen
+
+
+def seeded_choice(
+    count: int, n: int, seed: int, make: Callable[[list[int]], Sequence[T | None]], chunk: int = 256
+) -> list[tuple[int, T]]:
+    """`n` (index, prompt) pairs: the items 0..count-1 in the order of a shuffle seeded by `seed`, made into
+    prompts `chunk` at a time by `make` (None: the item makes no prompt, and is skipped); when fewer than `n`
+    qualify, the list is reused from its start; empty when none does. The k-th pair does not depend on `n`, so a
+    larger `n` extends a smaller one's choice."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    chosen: list[tuple[int, T]] = []
+    for start in range(0, len(order), chunk):
+        indices = order[start : start + chunk]
+        chosen += [(i, made) for i, made in zip(indices, make(indices), strict=True) if made is not None]
+        if len(chosen) >= n:
+            return chosen[:n]
+    return [chosen[k % len(chosen)] for k in range(n)] if chosen else []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,22 +100,21 @@ def eval_prompts(
     if prompt_tokens < 1:
         raise GenerationError(f"prompt_tokens must be at least 1, got {prompt_tokens}")
     prefix, eos = leading_special_tokens(tokenizer), tokenizer.eos_token_id
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    chosen: list[EvalPrompt] = []
-    for i in order:
-        prompt = _eval_prompt(i, examples[i], prompt_tokens, reply_tokens, stop_ids, max_prompt_tokens, prefix, eos)
-        if prompt is not None:
-            chosen.append(prompt)
-            if len(chosen) == n:
-                return chosen
+
+    def make(indices: list[int]) -> list[EvalPrompt | None]:
+        return [
+            _eval_prompt(i, examples[i], prompt_tokens, reply_tokens, stop_ids, max_prompt_tokens, prefix, eos)
+            for i in indices
+        ]
+
+    chosen = seeded_choice(len(examples), n, seed, make)
     if not chosen:
         raise GenerationError(
             f"none of the {len(examples)} held-out examples can prompt the collapse hook: texts need more than "
             f"collapse.prompt_tokens={prompt_tokens} tokens, chats and prompt-completion pairs a reply after a "
             f"prompt of at most collapse.eval_seq_len={max_prompt_tokens} tokens"
         )
-    return [chosen[k % len(chosen)] for k in range(n)]
+    return [prompt for _, prompt in chosen]
 
 
 def _eval_prompt(

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from synthmix.files import atomic_file, disk_full_is_an_error, write_text
 from synthmix.trainer.config import SamplingConfig
+from synthmix.trainer.generation.prompts import seeded_choice
 from synthmix.trainer.generation.sampling import GenerationError
 from synthmix.trainer.reporting.cards import data_card, data_card_path
 
@@ -251,15 +252,7 @@ def _choose(prompts: Prompts, n: int, seed: int) -> list[tuple[int, Any]]:
     """(index, prompt) of samples 0..n-1: items in the order of a seeded shuffle, those that make no prompt
     skipped, the list reused from its start when fewer than n qualify (the hf backend's choice of texts, so the
     same tokenizer and seed pick the same texts). Sample k's prompt does not depend on n."""
-    order = list(range(len(prompts.items)))
-    random.Random(seed).shuffle(order)
-    chosen: list[tuple[int, Any]] = []
-    for index in order:
-        prompt = prompts.prompt(index)
-        if prompt is not None:
-            chosen.append((index, prompt))
-            if len(chosen) == n:
-                return chosen
+    chosen = seeded_choice(len(prompts.items), n, seed, lambda indices: [prompts.prompt(i) for i in indices])
     if not chosen:
         if prompts.chat:
             raise GenerationError(f"{prompts.file}: none of the {len(prompts.items)} conversations has a user turn")
@@ -268,7 +261,7 @@ def _choose(prompts: Prompts, n: int, seed: int) -> list[tuple[int, Any]]:
             f"{prompts.file}: none of the {len(prompts.items)} texts has more than --prompt-tokens={prompts.length} "
             f"{unit}"
         )
-    return [chosen[k % len(chosen)] for k in range(n)]
+    return chosen
 
 
 def _token_prefix(tokenizer: Any, text: str, length: int) -> str | None:
