@@ -69,3 +69,15 @@ def write_benchmark_task(folder: Path) -> Path:
     }
     (folder / "arith.yaml").write_text(yaml.safe_dump(task))
     return folder
+
+
+def example_chat(i: int) -> list[dict[str, str]]:
+    """A system prompt, a question and its answer; every third chat asks a second question."""
+    turns = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": f"What is {i} plus {i + 1}?"},
+        {"role": "assistant", "content": f"It is {2 * i + 1}."},
+    ]
+    if i % 3 == 0:
+        turns += [{"role": "user", "content": "And doubled?"}, {"role": "assistant", "content": f"Then {4 * i + 2}."}]
+    return turns

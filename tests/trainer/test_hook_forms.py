@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from testkit import run_config
+from testkit import example_chat, run_config
 
 from synthmix.data_mixers.encoding import last_span_starts
 from synthmix.trainer.generation.prompts import end_of_turn_id
@@ -26,19 +26,7 @@ from synthmix.trainer.runtime.setup import setup
 GENERATION_PROMPT = "<|im_start|>assistant\n"
 
 
-def chat(i: int) -> list[dict[str, str]]:
-    """A system prompt, a question and its answer; every third chat asks a second question."""
-    turns = [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": f"What is {i} plus {i + 1}?"},
-        {"role": "assistant", "content": f"It is {2 * i + 1}, which is the sum."},
-    ]
-    if i % 3 == 0:
-        turns += [{"role": "user", "content": "And doubled?"}, {"role": "assistant", "content": f"Then {4 * i + 2}."}]
-    return turns
-
-
-CHATS = [chat(i) for i in range(40)]
+CHATS = [example_chat(i) for i in range(40)]
 HOOK = {"max_eval_texts": 8, "num_prompts": 4, "every_steps": 2, "sampling": {"max_new_tokens": 6}}
 
 

@@ -26,7 +26,7 @@ import torch
 from dist_probe import record_pieces
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
-from testkit import run_config, subprocess_env
+from testkit import example_chat, run_config, subprocess_env
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import synthmix.trainer.runtime.loop as loop
@@ -411,19 +411,7 @@ def test_cli_reports_an_exploding_loss_in_one_line_and_exits_2(make_config, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- chat data
-def chat(i: int) -> list[dict[str, str]]:
-    """A system prompt, a question and its answer; every third chat asks a second question."""
-    turns = [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": f"What is {i} plus {i + 1}?"},
-        {"role": "assistant", "content": f"It is {2 * i + 1}."},
-    ]
-    if i % 3 == 0:
-        turns += [{"role": "user", "content": "And doubled?"}, {"role": "assistant", "content": f"Then {4 * i + 2}."}]
-    return turns
-
-
-CHATS = [chat(i) for i in range(30)]
+CHATS = [example_chat(i) for i in range(30)]
 
 
 @pytest.fixture
