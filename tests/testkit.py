@@ -81,3 +81,9 @@ def example_chat(i: int) -> list[dict[str, str]]:
     if i % 3 == 0:
         turns += [{"role": "user", "content": "And doubled?"}, {"role": "assistant", "content": f"Then {4 * i + 2}."}]
     return turns
+
+
+def pairs_source(path: Path, pairs: list[dict[str, str]]) -> dict[str, str]:
+    """Write prompt-completion `pairs` as JSONL to `path`; the real source of a config that reads them."""
+    write_jsonl(path, pairs)
+    return {"name": "qa", "kind": "real", "path": str(path), "prompt_field": "prompt", "completion_field": "completion"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from testkit import example_chat, run_config
+from testkit import example_chat, pairs_source, run_config
 
 from synthmix.data_mixers.encoding import last_span_starts
 from synthmix.trainer.generation.prompts import end_of_turn_id
@@ -102,15 +102,7 @@ def test_held_out_perplexity_counts_the_tokens_training_counts(chat_config, tmp_
 
 def test_prompt_completion_pairs_are_prompted_with_their_prompt(make_config, tmp_path: Path) -> None:
     pairs = [{"prompt": f"Question {i}: what is {i} plus {i}?", "completion": f" It is {2 * i}."} for i in range(40)]
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
-    source = {
-        "name": "qa",
-        "kind": "real",
-        "path": str(path),
-        "prompt_field": "prompt",
-        "completion_field": "completion",
-    }
+    source = pairs_source(tmp_path / "pairs.jsonl", pairs)
     data = {"sources": [source], "synthetic_ratio": 0.0, "completion_only_loss": True, "held_out": {"fraction": 0.25}}
     changes = {"data": data, "tokenizer": {"vocab_size": 300}, "train": {"max_steps": 1}, "collapse": HOOK}
     out = train(run_config(make_config({**changes, "checkpoint": {"every_steps": None}}), tmp_path / "run"))

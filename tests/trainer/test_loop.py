@@ -26,7 +26,7 @@ import torch
 from dist_probe import record_pieces
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
-from testkit import example_chat, run_config, subprocess_env
+from testkit import example_chat, pairs_source, run_config, subprocess_env
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import synthmix.trainer.runtime.loop as loop
@@ -469,15 +469,7 @@ def held_indices(run) -> set[int]:
 
 def test_prompt_completion_data_trains_on_the_completions_only(make_config, tmp_path: Path) -> None:
     pairs = [{"prompt": f"What is {i} plus {i}?", "completion": f" It is {2 * i}."} for i in range(40)]
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
-    source = {
-        "name": "qa",
-        "kind": "real",
-        "path": str(path),
-        "prompt_field": "prompt",
-        "completion_field": "completion",
-    }
+    source = pairs_source(tmp_path / "pairs.jsonl", pairs)
     data = {"sources": [source], "synthetic_ratio": 0.0, "packing": "bfd"}
     config = run_config(make_config({**QUICK, "data": data, "train": {"max_steps": 2}}), tmp_path / "run")
     corpora = build_corpora(config.data, config.tokenizer)
